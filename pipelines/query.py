@@ -1,0 +1,43 @@
+"""The Python query helper: ``search(dataset, text_or_vector, k=10, columns=None)``.
+
+It honours ``QUIVER_DATASETS`` and ``QUIVER_HOME`` at each call, and keeps one ``Searcher`` per
+(spec, home) for the life of the process, so the model loads and each index opens only once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+
+_SEARCHERS: dict = {}
+_LOCK = threading.Lock()
+
+
+def searcher():
+    from pipelines.spec import default_home, default_spec_path, load_spec
+    from resources.searcher import Searcher
+
+    spec_path, home = default_spec_path(), default_home()
+    with _LOCK:
+        key = (str(spec_path), str(home))
+        if key not in _SEARCHERS:
+            _SEARCHERS[key] = Searcher(home, load_spec(spec_path).names)
+        return _SEARCHERS[key]
+
+
+def search(
+    dataset: str,
+    text_or_vector: str | Sequence[float] | np.ndarray,
+    k: int = 10,
+    columns: Sequence[str] | None = None,
+    ef_search: int | None = None,
+) -> pa.Table:
+    """Top ``k`` rows of ``dataset`` for a text (embedded with the dataset's model) or a vector.
+
+    Returns a pyarrow Table, best first: the primary key under its own name, ``score`` (higher is
+    better), ``distance``, and the served columns (all of them, or ``columns``).
+    """
+    return searcher().search(dataset, text_or_vector, k=k, columns=columns, ef_search=ef_search)

@@ -1,0 +1,79 @@
+"""The Dagster resources: thin, plain fields, heavy state built lazily once per process.
+
+DuckDB itself goes through ``dagster_duckdb.DuckDBResource``; ``open_connection`` wraps it so the
+connection is always closed (also on error) and the home directory exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+from dagster import ConfigurableResource
+from dagster_duckdb import DuckDBResource
+from pydantic import PrivateAttr
+
+from pipelines.spec import DatasetSpec
+from resources.embedding import Embedder, get_embedder
+from resources.index import HnswParams, IndexIdentity, IndexStore
+from resources.searcher import Searcher
+
+WRITER_POOL = "quiver_duckdb_writer"  # one DuckDB writer at a time (instance limit 1)
+
+
+@contextmanager
+def open_connection(resource: DuckDBResource) -> Iterator[duckdb.DuckDBPyConnection]:
+    Path(resource.database).parent.mkdir(parents=True, exist_ok=True)
+    with resource.get_connection() as conn:
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+class EmbedderResource(ConfigurableResource):
+    """sentence-transformers models, loaded offline on first use; ``device`` None picks CUDA if present."""
+
+    device: str | None = None
+
+    def get(self, model: str) -> Embedder:
+        return get_embedder(model, self.device)
+
+
+class IndexResource(ConfigurableResource):
+    """The index directories under ``home`` (one per dataset)."""
+
+    home: str
+
+    def root(self, dataset: str) -> Path:
+        return Path(self.home) / dataset
+
+    def store(self, spec: DatasetSpec, dim: int) -> IndexStore:
+        vectors = spec.vectors
+        return IndexStore(
+            self.root(spec.name),
+            dataset=spec.name,
+            identity=IndexIdentity(dim=dim, metric=vectors.metric, dtype=vectors.dtype, model=spec.embeddings.model),
+            params=HnswParams(m=vectors.m, ef_construction=vectors.ef_construction, ef_search=vectors.ef_search),
+            primary_key=spec.primary_key,
+        )
+
+
+class SearchResource(ConfigurableResource):
+    """Answers queries from the freshest index; never opens the DuckDB file."""
+
+    home: str
+    datasets: list[str] | None = None
+    device: str | None = None
+    _searcher: Searcher | None = PrivateAttr(default=None)
+
+    def searcher(self) -> Searcher:
+        if self._searcher is None:
+            self._searcher = Searcher(Path(self.home), self.datasets, self.device)
+        return self._searcher
+
+    def search(self, dataset: str, query, k: int = 10, columns: list[str] | None = None) -> pa.Table:
+        return self.searcher().search(dataset, query, k=k, columns=columns)

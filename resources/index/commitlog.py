@@ -1,0 +1,173 @@
+"""The commit log: immutable Parquet segments under ``log/``.
+
+Segment file ``log/<first:020d>-<last:020d>.parquet`` holds the changes with sequence numbers in
+[first, last], one record per key (the latest in that range), sorted by ``_seq``:
+
+    _seq      int64    sequence number of the change (I1: assigned in DuckDB)
+    _op       string   "upsert" or "delete"
+    _key      uint64   the usearch key of the row's primary key
+    <pk>      any      the primary key, under its own column name
+    _vector   fixed_size_list<float32>[dim]; null for a delete
+    <served>  any      the served columns; null for a delete
+
+Parquet key-value metadata: ``quiver.format_version`` (1), ``quiver.first``, ``quiver.last``,
+``quiver.records``, ``quiver.dim``, ``quiver.metric``, ``quiver.model``. Pages carry CRC checksums
+and are verified on read. A reader checks that the name, the metadata and the records agree.
+
+A segment is written once (files.atomic_write) and never changed; a snapshot covering it lets the
+store delete it (I7). ``fold`` turns any run of segments into the net change per key, which is
+what both the snapshot writer and the reader apply.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from resources.index.errors import CorruptFileError, SequenceError
+from resources.index.files import atomic_write
+from resources.index.identity import IndexIdentity
+
+LOG_DIR = "log"
+SEGMENT_VERSION = "1"
+OP_UPSERT = "upsert"
+OP_DELETE = "delete"
+SEQ, OP, KEY, VECTOR = "_seq", "_op", "_key", "_vector"
+_NAME = re.compile(r"^(\d{20})-(\d{20})\.parquet$")
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    path: Path
+    first: int
+    last: int
+    bytes: int
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def segment_name(first: int, last: int) -> str:
+    return f"{first:020d}-{last:020d}.parquet"
+
+
+def list_segments(root: Path) -> list[SegmentRef]:
+    """Published segments in seq order (temp files are ignored)."""
+    refs = []
+    try:
+        entries = list((root / LOG_DIR).iterdir())
+    except FileNotFoundError:
+        return []
+    for path in entries:
+        match = _NAME.match(path.name)
+        if not match:
+            continue
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:  # removed by a snapshot's cleanup meanwhile
+            continue
+        refs.append(SegmentRef(path, int(match.group(1)), int(match.group(2)), size))
+    return sorted(refs, key=lambda ref: ref.first)
+
+
+def vector_type(dim: int) -> pa.DataType:
+    return pa.list_(pa.float32(), dim)
+
+
+def write_segment(root: Path, changes: pa.Table, first: int, last: int, identity: IndexIdentity) -> SegmentRef:
+    """Publish ``changes`` (the columns above) as the segment [first, last]."""
+    if changes.num_rows == 0:
+        raise SequenceError("refusing to write an empty segment")
+    seqs = changes.column(SEQ).to_numpy()
+    if seqs.min() < first or seqs.max() > last:
+        raise SequenceError(f"segment [{first}, {last}] holds records outside its range ({seqs.min()}..{seqs.max()})")
+    changes = changes.sort_by(SEQ)
+    metadata = {
+        "quiver.format_version": SEGMENT_VERSION,
+        "quiver.first": str(first),
+        "quiver.last": str(last),
+        "quiver.records": str(changes.num_rows),
+        "quiver.dim": str(identity.dim),
+        "quiver.metric": identity.metric,
+        "quiver.model": identity.model,
+    }
+    changes = changes.replace_schema_metadata({**(changes.schema.metadata or {}), **metadata})
+    final = root / LOG_DIR / segment_name(first, last)
+    atomic_write(
+        final,
+        lambda temp: pq.write_table(changes, temp, compression="zstd", write_page_checksum=True),
+    )
+    return SegmentRef(final, first, last, final.stat().st_size)
+
+
+def read_segment(ref: SegmentRef, identity: IndexIdentity) -> pa.Table:
+    """Read and check one segment; raises CorruptFileError if it fails any check."""
+    try:
+        table = pq.read_table(ref.path, page_checksum_verification=True)
+    except FileNotFoundError:
+        raise
+    except (OSError, pa.ArrowException) as error:
+        raise CorruptFileError(
+            f"commit-log segment {ref.path} is unreadable ({error}); it is not served. "
+            "Re-derive it from DuckDB by materializing the dataset's index asset."
+        ) from error
+    # errors="replace": garbled metadata is reported below as a disagreement, not a UnicodeDecodeError
+    meta = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in (table.schema.metadata or {}).items()}
+    expected = {
+        "quiver.format_version": SEGMENT_VERSION,
+        "quiver.first": str(ref.first),
+        "quiver.last": str(ref.last),
+        "quiver.records": str(table.num_rows),
+        "quiver.dim": str(identity.dim),
+        "quiver.metric": identity.metric,
+        "quiver.model": identity.model,
+    }
+    wrong = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
+    if wrong:
+        raise CorruptFileError(
+            f"commit-log segment {ref.path} disagrees with its name or the manifest: "
+            + ", ".join(f"{k} is {got!r}, expected {want!r}" for k, (got, want) in wrong.items())
+        )
+    missing = [name for name in (SEQ, OP, KEY, VECTOR) if name not in table.column_names]
+    if missing:
+        raise CorruptFileError(f"commit-log segment {ref.path} lacks the columns {missing}: it is not served")
+    return table.replace_schema_metadata(None)
+
+
+def read_segments(refs: list[SegmentRef], identity: IndexIdentity) -> pa.Table | None:
+    tables = [read_segment(ref, identity) for ref in refs]
+    if not tables:
+        return None
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def fold(changes: pa.Table | None) -> pa.Table | None:
+    """The net change per key: the record with the highest ``_seq`` for each ``_key``."""
+    if changes is None or changes.num_rows == 0:
+        return None
+    keys = changes.column(KEY).to_numpy()
+    seqs = changes.column(SEQ).to_numpy()
+    order = np.lexsort((seqs, keys))  # by key, then seq
+    sorted_keys = keys[order]
+    last_of_key = np.ones(len(order), dtype=bool)
+    last_of_key[:-1] = sorted_keys[1:] != sorted_keys[:-1]
+    return changes.take(pa.array(order[last_of_key]))
+
+
+def upserts(changes: pa.Table) -> pa.Table:
+    return changes.filter(pc.equal(changes.column(OP), OP_UPSERT))
+
+
+def vectors_of(table: pa.Table, dim: int) -> np.ndarray:
+    """The ``_vector`` column as a contiguous float32 matrix (rows x dim)."""
+    column = table.column(VECTOR).combine_chunks()
+    if column.null_count:
+        raise CorruptFileError(f"{column.null_count} upsert records have no vector")
+    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)

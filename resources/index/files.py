@@ -1,0 +1,106 @@
+"""Durable file writes for the index directory (invariant I3).
+
+Every published file is written to a temp name in its final directory, fsynced, renamed into
+place, and the directory is fsynced, so after a crash a file is either there whole or not at all.
+Temp names carry ``TEMP_MARKER`` so that opening a store can remove leftovers of a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+TEMP_MARKER = ".tmp-"
+_HASH_CHUNK = 4 << 20
+
+
+def temp_path_for(final: Path) -> Path:
+    """A unique temp name beside ``final``; ``remove_temp_files`` recognises it."""
+    return final.with_name(f"{TEMP_MARKER}{uuid.uuid4().hex}-{final.name}")
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file and directory under ``path`` (bottom-up), then ``path`` itself."""
+    for dirpath, _dirnames, filenames in os.walk(path, topdown=False):
+        for name in filenames:
+            fsync_file(Path(dirpath) / name)
+        fsync_dir(Path(dirpath))
+
+
+def atomic_write(final: Path, write: Callable[[Path], None]) -> Path:
+    """Publish ``final`` atomically: ``write(temp)`` then fsync, rename, fsync the directory.
+
+    ``write`` may produce a file or a directory at the temp path. Refuses to replace an existing
+    directory (I4: a published snapshot directory is never rewritten); a file is replaced, which is
+    how the manifest is published.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = temp_path_for(final)
+    try:
+        write(temp)
+        if temp.is_dir():
+            if final.exists():
+                raise FileExistsError(f"{final} is already published; published files are never rewritten")
+            fsync_tree(temp)
+        else:
+            fsync_file(temp)
+        os.replace(temp, final)
+    except BaseException:
+        remove_path(temp)
+        raise
+    fsync_dir(final.parent)
+    return final
+
+
+def atomic_write_bytes(final: Path, data: bytes) -> Path:
+    return atomic_write(final, lambda temp: temp.write_bytes(data))
+
+
+def remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_temp_files(root: Path) -> list[Path]:
+    """Remove crash leftovers (temp names) anywhere under ``root``; returns what was removed."""
+    removed: list[Path] = []
+    if not root.exists():
+        return removed
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            if name.startswith(TEMP_MARKER):
+                path = Path(dirpath) / name
+                remove_path(path)
+                removed.append(path)
+        dirnames[:] = [d for d in dirnames if not d.startswith(TEMP_MARKER)]
+    return removed
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

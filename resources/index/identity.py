@@ -1,0 +1,92 @@
+"""What an index *is* (I6) and how its metric maps to usearch and to scores.
+
+An index's identity is its dimension, metric, dtype and model. Two identities that differ mean
+vectors that must never be mixed: the only way across is a full rebuild.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from resources.index.errors import IdentityMismatchError
+
+USEARCH_METRIC = {"cosine": "cos", "l2": "l2sq", "inner_product": "ip"}
+USEARCH_DTYPE = {"f32": "f32", "f16": "f16", "bf16": "bf16", "i8": "i8"}
+
+
+@dataclass(frozen=True)
+class IndexIdentity:
+    dim: int
+    metric: str  # cosine | l2 | inner_product
+    dtype: str  # f32 | f16 | bf16 | i8
+    model: str
+
+    def __post_init__(self) -> None:
+        if self.metric not in USEARCH_METRIC:
+            raise ValueError(f"metric {self.metric!r} is not one of {sorted(USEARCH_METRIC)}")
+        if self.dtype not in USEARCH_DTYPE:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {sorted(USEARCH_DTYPE)}")
+        if self.dim <= 0:
+            raise ValueError(f"dim must be positive, got {self.dim}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> IndexIdentity:
+        return cls(dim=int(data["dim"]), metric=data["metric"], dtype=data["dtype"], model=data["model"])
+
+    def require_same(self, other: IndexIdentity, where: str) -> None:
+        """Raise if ``other`` (what the caller brings) differs from ``self`` (what is on disk)."""
+        diffs = [
+            f"{field}: index has {getattr(self, field)!r}, got {getattr(other, field)!r}"
+            for field in ("dim", "metric", "dtype", "model")
+            if getattr(self, field) != getattr(other, field)
+        ]
+        if diffs:
+            raise IdentityMismatchError(
+                f"{where}: the index was built with a different identity ({'; '.join(diffs)}). "
+                "Vectors of different identities are never mixed: rebuild the index from scratch "
+                "(delete the index directory and materialize the dataset again)."
+            )
+
+
+@dataclass(frozen=True)
+class HnswParams:
+    m: int = 16
+    ef_construction: int = 128
+    ef_search: int = 64
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HnswParams:
+        return cls(m=int(data["m"]), ef_construction=int(data["ef_construction"]), ef_search=int(data["ef_search"]))
+
+
+def new_usearch_index(identity: IndexIdentity, params: HnswParams):
+    from usearch.index import Index
+
+    return Index(
+        ndim=identity.dim,
+        metric=USEARCH_METRIC[identity.metric],
+        dtype=USEARCH_DTYPE[identity.dtype],
+        connectivity=params.m,
+        expansion_add=params.ef_construction,
+        expansion_search=params.ef_search,
+    )
+
+
+def scores_from_distances(metric: str, distances: np.ndarray) -> np.ndarray:
+    """Higher is better for every metric.
+
+    usearch distances: cos = 1 - cosine, ip = 1 - dot, l2sq = squared euclidean. So cosine and
+    inner product scores are the similarity itself, and l2 scores are 1 / (1 + l2sq), in (0, 1].
+    """
+    distances = np.asarray(distances, dtype=np.float64)
+    if metric == "l2":
+        return 1.0 / (1.0 + distances)
+    return 1.0 - distances

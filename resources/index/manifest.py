@@ -1,0 +1,154 @@
+"""MANIFEST.json: the single publish point of an index directory (I4).
+
+Format (JSON object, ``format_version`` 1):
+
+    format            "quiver-index"
+    format_version    1; a reader refuses a version it does not know
+    dataset           dataset name
+    identity          {dim, metric, dtype, model}: what the vectors are (I6)
+    hnsw              {m, ef_construction, ef_search}
+    primary_key       name of the primary-key column in segments and rows files
+    snapshot          null, or the published snapshot:
+                        {seq, dir, files: {name: {bytes, sha256}}, vectors, tombstones, created_at}
+                      it covers every change with seq <= snapshot.seq
+    previous_snapshot null or the snapshot before it, kept for fallback (I7: at most one)
+    created_at        when the index directory was created (ISO 8601, UTC)
+    updated_at        when this manifest was published
+
+The manifest is replaced whole by ``publish`` (temp, fsync, rename, fsync dir); no other file is
+ever renamed over. Readers notice a new manifest by its stat (inode, size, mtime).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from resources.index.errors import CorruptFileError, IndexNotBuiltError
+from resources.index.files import atomic_write_bytes
+from resources.index.identity import HnswParams, IndexIdentity
+
+MANIFEST_NAME = "MANIFEST.json"
+FORMAT = "quiver-index"
+FORMAT_VERSION = 1
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class SnapshotEntry:
+    seq: int
+    dir: str  # relative to the index root
+    files: dict[str, FileEntry]
+    vectors: int
+    tombstones: int
+    created_at: str
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(entry.bytes for entry in self.files.values())
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SnapshotEntry:
+        files = {name: FileEntry(**entry) for name, entry in data["files"].items()}
+        return cls(
+            seq=int(data["seq"]),
+            dir=data["dir"],
+            files=files,
+            vectors=int(data["vectors"]),
+            tombstones=int(data["tombstones"]),
+            created_at=data["created_at"],
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    dataset: str
+    identity: IndexIdentity
+    hnsw: HnswParams
+    primary_key: str
+    snapshot: SnapshotEntry | None = None
+    previous_snapshot: SnapshotEntry | None = None
+    created_at: str = field(default_factory=utc_now)
+    updated_at: str = field(default_factory=utc_now)
+
+    @property
+    def snapshot_seq(self) -> int:
+        return self.snapshot.seq if self.snapshot else 0
+
+    def with_snapshot(self, snapshot: SnapshotEntry) -> Manifest:
+        return replace(self, snapshot=snapshot, previous_snapshot=self.snapshot, updated_at=utc_now())
+
+    def to_json(self) -> bytes:
+        body = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "dataset": self.dataset,
+            "identity": self.identity.to_dict(),
+            "hnsw": self.hnsw.to_dict(),
+            "primary_key": self.primary_key,
+            "snapshot": asdict(self.snapshot) if self.snapshot else None,
+            "previous_snapshot": asdict(self.previous_snapshot) if self.previous_snapshot else None,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+        return json.dumps(body, indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, where: Path) -> Manifest:
+        try:
+            data = json.loads(raw)
+            if data.get("format") != FORMAT:
+                raise CorruptFileError(f"{where} is not a quiver manifest (format={data.get('format')!r})")
+            if data.get("format_version") != FORMAT_VERSION:
+                raise CorruptFileError(
+                    f"{where} has format_version {data.get('format_version')!r}; this quiver reads "
+                    f"version {FORMAT_VERSION}. Upgrade quiver, or rebuild the index."
+                )
+            return cls(
+                dataset=data["dataset"],
+                identity=IndexIdentity.from_dict(data["identity"]),
+                hnsw=HnswParams.from_dict(data["hnsw"]),
+                primary_key=data["primary_key"],
+                snapshot=SnapshotEntry.from_dict(data["snapshot"]) if data["snapshot"] else None,
+                previous_snapshot=(
+                    SnapshotEntry.from_dict(data["previous_snapshot"]) if data["previous_snapshot"] else None
+                ),
+                created_at=data["created_at"],
+                updated_at=data["updated_at"],
+            )
+        except (AttributeError, KeyError, TypeError, ValueError) as error:  # AttributeError: JSON that is not an object
+            if isinstance(error, CorruptFileError):
+                raise
+            raise CorruptFileError(
+                f"{where} is damaged ({error!r}); rebuild the index from DuckDB by materializing the dataset"
+            ) from error
+
+
+def manifest_path(root: Path) -> Path:
+    return root / MANIFEST_NAME
+
+
+def read_manifest(root: Path) -> Manifest:
+    path = manifest_path(root)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise IndexNotBuiltError(
+            f"no index at {root} ({MANIFEST_NAME} is missing): materialize the dataset's assets first"
+        ) from None
+    return Manifest.from_json(raw, path)
+
+
+def publish_manifest(root: Path, manifest: Manifest) -> None:
+    atomic_write_bytes(manifest_path(root), manifest.to_json())

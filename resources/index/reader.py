@@ -1,0 +1,242 @@
+"""The read side of one index directory: serves queries from the freshest published state.
+
+State = the manifest's snapshot, memory-mapped (start is near instant and the page cache is shared
+between processes), plus the segments after it folded into a small in-memory *delta*: a usearch
+index of the upserted vectors searched exactly, and the set of snapshot keys that the delta
+deletes or supersedes (*shadowed*). A query searches both, drops shadowed snapshot hits, and merges
+by distance. ``refresh`` is a stat of the manifest and a listing of ``log/``; it reloads only what
+changed. The reader never opens the DuckDB file and never writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from resources.index import commitlog, snapshot
+from resources.index.commitlog import KEY, OP, SEQ, VECTOR
+from resources.index.identity import IndexIdentity, new_usearch_index, scores_from_distances
+from resources.index.manifest import Manifest, manifest_path, read_manifest
+
+log = logging.getLogger(__name__)
+
+_RELOAD_TRIES = 5
+
+
+@dataclass
+class _State:
+    manifest: Manifest
+    manifest_stat: tuple
+    snap: snapshot.SnapshotData | None
+    snap_keys: np.ndarray  # the snapshot rows' keys, ascending
+    segment_names: tuple[str, ...]
+    delta_index: object  # usearch index of the delta's upserts
+    delta_rows: pa.Table | None  # the delta's upserts without vectors, ascending by key
+    shadowed: np.ndarray  # snapshot keys deleted or superseded by the delta, ascending
+
+    @property
+    def live_vectors(self) -> int:
+        in_snapshot = len(self.snap_keys) - len(self.shadowed)
+        return in_snapshot + (self.delta_rows.num_rows if self.delta_rows is not None else 0)
+
+
+@dataclass(frozen=True)
+class Hits:
+    keys: np.ndarray
+    distances: np.ndarray
+
+
+def _stat(path: Path) -> tuple:
+    st = os.stat(path)
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _manifest_stat(root: Path) -> tuple:
+    try:
+        return _stat(manifest_path(root))
+    except FileNotFoundError:
+        read_manifest(root)  # no manifest: raises IndexNotBuiltError, which names the fix
+        raise
+
+
+class IndexReader:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._state: _State | None = None
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def state(self) -> _State:
+        if self._state is None:
+            self.refresh()
+        return self._state
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.state.manifest
+
+    @property
+    def identity(self) -> IndexIdentity:
+        return self.state.manifest.identity
+
+    @property
+    def served_columns(self) -> list[str]:
+        state = self.state
+        names: list[str] = []
+        for table in (state.snap.rows if state.snap else None, state.delta_rows):
+            if table is not None:
+                names += [n for n in table.column_names if n not in names and n not in (KEY, state.manifest.primary_key)]
+        return names
+
+    def __len__(self) -> int:
+        return self.state.live_vectors
+
+    def refresh(self) -> bool:
+        """Pick up a new manifest or new segments; returns whether anything changed."""
+        for attempt in range(_RELOAD_TRIES):
+            try:
+                return self._refresh_once()
+            except FileNotFoundError:
+                # A snapshot's cleanup removed a segment between listing and reading: the new
+                # manifest is already published, so the next attempt sees it.
+                if attempt == _RELOAD_TRIES - 1:
+                    raise
+        return False
+
+    def _refresh_once(self) -> bool:
+        current = self._state
+        stat = _manifest_stat(self.root) if current else None
+        if current is None or stat != current.manifest_stat:
+            manifest_stat = _manifest_stat(self.root)
+            manifest = read_manifest(self.root)
+            snap = None
+            if manifest.snapshot is not None:
+                snap = snapshot.open_snapshot(self.root, manifest.snapshot, manifest.identity, view=True)
+            snap_keys = snap.rows.column(KEY).to_numpy() if snap else np.empty(0, dtype=np.uint64)
+            self._state = self._with_delta(manifest, manifest_stat, snap, snap_keys)
+            return True
+        names = self._segment_names_after(current.manifest)
+        if names != current.segment_names:
+            self._state = self._with_delta(current.manifest, current.manifest_stat, current.snap, current.snap_keys)
+            return True
+        return False
+
+    def _segments_after(self, manifest: Manifest) -> list[commitlog.SegmentRef]:
+        return [ref for ref in commitlog.list_segments(self.root) if ref.last > manifest.snapshot_seq]
+
+    def _segment_names_after(self, manifest: Manifest) -> tuple[str, ...]:
+        return tuple(ref.name for ref in self._segments_after(manifest))
+
+    def _with_delta(self, manifest: Manifest, manifest_stat: tuple, snap, snap_keys: np.ndarray) -> _State:
+        refs = self._segments_after(manifest)
+        folded = commitlog.fold(commitlog.read_segments(refs, manifest.identity))
+        delta_index = new_usearch_index(manifest.identity, manifest.hnsw)
+        delta_rows = None
+        shadowed = np.empty(0, dtype=np.uint64)
+        if folded is not None:
+            changed = np.sort(folded.column(KEY).to_numpy())
+            shadowed = changed[np.isin(changed, snap_keys)]
+            added = commitlog.upserts(folded).sort_by(KEY)
+            if added.num_rows:
+                delta_index.add(added.column(KEY).to_numpy(), commitlog.vectors_of(added, manifest.identity.dim))
+                delta_rows = added.drop_columns([SEQ, OP, VECTOR])
+        return _State(
+            manifest=manifest,
+            manifest_stat=manifest_stat,
+            snap=snap,
+            snap_keys=snap_keys,
+            segment_names=tuple(ref.name for ref in refs),
+            delta_index=delta_index,
+            delta_rows=delta_rows,
+            shadowed=shadowed,
+        )
+
+    # -- search ------------------------------------------------------------------------------
+    def search(self, vector: np.ndarray, k: int, ef_search: int | None = None) -> Hits:
+        """The ``k`` nearest live keys to one vector (exactly ``min(k, live)`` of them)."""
+        state = self.state
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        keys, distances = [], []
+        if state.snap is not None and len(state.snap.index):
+            snap_keys, snap_dist = self._search_snapshot(state, vector, k, ef_search or state.manifest.hnsw.ef_search)
+            keys.append(snap_keys)
+            distances.append(snap_dist)
+        if len(state.delta_index):
+            found = state.delta_index.search(vector, min(k, len(state.delta_index)), exact=True)
+            keys.append(np.asarray(found.keys, dtype=np.uint64))
+            distances.append(np.asarray(found.distances, dtype=np.float32))
+        if not keys:
+            return Hits(np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32))
+        all_keys, all_dist = np.concatenate(keys), np.concatenate(distances)
+        order = np.argsort(all_dist, kind="stable")[:k]
+        return Hits(all_keys[order], all_dist[order])
+
+    @staticmethod
+    def _search_snapshot(state: _State, vector: np.ndarray, k: int, ef_search: int) -> tuple[np.ndarray, np.ndarray]:
+        index = state.snap.index
+        size = len(index)
+        wanted = min(k, size - len(state.shadowed))
+        if wanted <= 0:
+            return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
+        index.expansion_search = ef_search
+        # Oversample by the shadowed keys (they can displace at most that many hits), then widen.
+        count = min(size, k + min(len(state.shadowed), 4 * k + 64))
+        while True:
+            found = index.search(vector, count)
+            keys = np.asarray(found.keys, dtype=np.uint64)
+            dist = np.asarray(found.distances, dtype=np.float32)
+            live = ~np.isin(keys, state.shadowed)
+            if live.sum() >= wanted or count >= size:
+                break
+            count = min(size, count * 4)
+        if live.sum() < wanted:  # the graph could not reach enough live nodes: be exact instead
+            found = index.search(vector, size, exact=True)
+            keys = np.asarray(found.keys, dtype=np.uint64)
+            dist = np.asarray(found.distances, dtype=np.float32)
+            live = ~np.isin(keys, state.shadowed)
+        return keys[live][:k], dist[live][:k]
+
+    def rows(self, keys: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+        """Primary key and served columns for ``keys``, in the order given."""
+        state = self.state
+        pk = state.manifest.primary_key
+        columns = self.served_columns if columns is None else columns
+        if len(keys) == 0:
+            return pa.table({name: pa.array([]) for name in [pk, *columns]})
+        parts, positions = [], []
+        in_delta = np.zeros(len(keys), dtype=bool)
+        if state.delta_rows is not None:
+            delta_keys = state.delta_rows.column(KEY).to_numpy()
+            at = np.searchsorted(delta_keys, keys).clip(max=len(delta_keys) - 1)
+            in_delta = delta_keys[at] == keys
+            parts.append(_select(state.delta_rows, [pk, *columns]).take(pa.array(at[in_delta])))
+            positions.append(np.flatnonzero(in_delta))
+        if (~in_delta).any():
+            at = np.searchsorted(state.snap_keys, keys[~in_delta])
+            parts.append(_select(state.snap.rows, [pk, *columns]).take(pa.array(at)))
+            positions.append(np.flatnonzero(~in_delta))
+        table = pa.concat_tables(parts, promote_options="default") if len(parts) > 1 else parts[0]
+        return table.take(pa.array(np.argsort(np.concatenate(positions), kind="stable")))
+
+    def search_rows(self, vector: np.ndarray, k: int, columns: list[str] | None = None, ef_search: int | None = None) -> pa.Table:
+        """Best first: the primary key, ``score`` (higher is better), ``distance``, served columns."""
+        hits = self.search(vector, k, ef_search)
+        rows = self.rows(hits.keys, columns)
+        pk = self.state.manifest.primary_key
+        scores = scores_from_distances(self.identity.metric, hits.distances)
+        result = pa.table({pk: rows.column(pk), "score": pa.array(scores, pa.float64()), "distance": pa.array(hits.distances.astype(np.float64))})
+        for name in rows.column_names:
+            if name != pk:
+                result = result.append_column(name, rows.column(name))
+        return result
+
+
+def _select(table: pa.Table, columns: list[str]) -> pa.Table:
+    """Columns by name; a column a table lacks (added to the spec later) comes back as nulls."""
+    arrays = [table.column(c) if c in table.column_names else pa.nulls(table.num_rows) for c in columns]
+    return pa.table(arrays, names=columns)

@@ -1,0 +1,163 @@
+"""Snapshot directories: ``snapshots/<seq:020d>/`` holding
+
+    index.usearch   the usearch HNSW index (keys = ``_key``), saved by usearch to a temp path only
+    rows.parquet    ``_key`` (uint64, ascending) + the primary key + the served columns; no vectors
+
+A snapshot at seq S holds the net effect of every change with seq <= S. The directory is built
+under a temp name, fsynced whole and renamed into place (I3); it is never modified afterwards (I4).
+Its files' sizes and SHA-256 checksums go into the manifest. Opening checks sizes and the usearch
+header (dimension, metric, dtype, count) against the manifest before the file is mapped;
+``verify_snapshot`` also checks the checksums (slower: it reads every byte).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from resources.index.commitlog import KEY, OP, SEQ, VECTOR, upserts, vectors_of
+from resources.index.errors import CorruptFileError
+from resources.index.files import atomic_write, sha256_file
+from resources.index.identity import USEARCH_DTYPE, USEARCH_METRIC, HnswParams, IndexIdentity, new_usearch_index
+from resources.index.manifest import FileEntry, SnapshotEntry, utc_now
+
+SNAPSHOTS_DIR = "snapshots"
+INDEX_FILE = "index.usearch"
+ROWS_FILE = "rows.parquet"
+
+
+def snapshot_dirname(seq: int) -> str:
+    return f"{SNAPSHOTS_DIR}/{seq:020d}"
+
+
+@dataclass
+class SnapshotData:
+    """A snapshot in memory: the usearch index and its rows (sorted by ``_key``; None when empty)."""
+
+    index: object  # usearch.index.Index
+    rows: pa.Table | None
+
+    @property
+    def vectors(self) -> int:
+        return len(self.index)
+
+    @property
+    def tombstones(self) -> int:
+        """Graph slots usearch still holds for removed keys (they cost memory and recall)."""
+        return int(self.index.stats.nodes) - len(self.index)
+
+
+def _check_header(path: Path, entry: SnapshotEntry, identity: IndexIdentity) -> None:
+    from usearch.index import Index
+
+    expected = entry.files[INDEX_FILE]
+    size = path.stat().st_size
+    if size != expected.bytes:
+        raise CorruptFileError(f"{path} is {size} bytes, the manifest says {expected.bytes}: it is not served")
+    meta = Index.metadata(str(path))
+    if meta is None:
+        raise CorruptFileError(f"{path} has no readable usearch header: it is not served")
+    problems = []
+    if meta["dimensions"] != identity.dim:
+        problems.append(f"dimensions {meta['dimensions']} != {identity.dim}")
+    if meta["kind_metric"].name.lower() != USEARCH_METRIC[identity.metric]:
+        problems.append(f"metric {meta['kind_metric']} != {identity.metric}")
+    if meta["kind_scalar"].name.lower() != USEARCH_DTYPE[identity.dtype]:
+        problems.append(f"dtype {meta['kind_scalar']} != {identity.dtype}")
+    if meta["count_present"] != entry.vectors:
+        problems.append(f"vectors {meta['count_present']} != {entry.vectors}")
+    if problems:
+        raise CorruptFileError(f"{path} disagrees with the manifest ({'; '.join(problems)}): it is not served")
+
+
+def open_snapshot(root: Path, entry: SnapshotEntry, identity: IndexIdentity, view: bool = True) -> SnapshotData:
+    """Open a published snapshot: memory-mapped (``view``) for serving, or loaded to be modified."""
+    from usearch.index import Index
+
+    directory = root / entry.dir
+    index_path, rows_path = directory / INDEX_FILE, directory / ROWS_FILE
+    _check_header(index_path, entry, identity)
+    rows_size = rows_path.stat().st_size
+    if rows_size != entry.files[ROWS_FILE].bytes:
+        raise CorruptFileError(
+            f"{rows_path} is {rows_size} bytes, the manifest says {entry.files[ROWS_FILE].bytes}: it is not served"
+        )
+    try:
+        index = Index.restore(str(index_path), view=view)
+        rows = pq.read_table(rows_path, page_checksum_verification=True)
+    except (OSError, RuntimeError, pa.ArrowException) as error:
+        raise CorruptFileError(f"snapshot {directory} is unreadable ({error}): it is not served") from error
+    if rows.num_rows != entry.vectors:
+        raise CorruptFileError(f"{rows_path} has {rows.num_rows} rows, the manifest says {entry.vectors}")
+    return SnapshotData(index=index, rows=rows)
+
+
+def verify_snapshot(root: Path, entry: SnapshotEntry) -> None:
+    """Check every file of a snapshot against the manifest's size and SHA-256."""
+    for name, expected in entry.files.items():
+        path = root / entry.dir / name
+        if not path.exists():
+            raise CorruptFileError(f"{path} is missing")
+        digest = sha256_file(path)
+        if digest != expected.sha256:
+            raise CorruptFileError(f"{path} fails its checksum (sha256 {digest}, manifest {expected.sha256})")
+
+
+def empty_snapshot(identity: IndexIdentity, params: HnswParams) -> SnapshotData:
+    return SnapshotData(new_usearch_index(identity, params), rows=None)
+
+
+def apply_changes(base: SnapshotData, folded: pa.Table, identity: IndexIdentity) -> SnapshotData:
+    """Apply the net change per key (``commitlog.fold``) to a loaded (not viewed) snapshot."""
+    changed_keys = folded.column(KEY).to_numpy()
+    present = np.asarray(base.index.contains(changed_keys), dtype=bool).reshape(-1)
+    if present.any():
+        base.index.remove(changed_keys[present])
+    added = upserts(folded)
+    if added.num_rows:
+        base.index.add(added.column(KEY).to_numpy(), vectors_of(added, identity.dim), threads=0)
+    new_rows = added.drop_columns([SEQ, OP, VECTOR])
+    if base.rows is not None:
+        kept = base.rows.filter(pc.invert(pc.is_in(base.rows.column(KEY), value_set=folded.column(KEY))))
+        new_rows = pa.concat_tables([kept, new_rows], promote_options="default")
+    return SnapshotData(base.index, new_rows.sort_by(KEY))
+
+
+def rebuild(data: SnapshotData, identity: IndexIdentity, params: HnswParams) -> SnapshotData:
+    """A fresh graph over the live vectors only: drops every tombstone."""
+    fresh = new_usearch_index(identity, params)
+    if data.rows is not None and data.rows.num_rows:
+        keys = data.rows.column(KEY).to_numpy()
+        fresh.add(keys, np.vstack(data.index.get(keys)).astype(np.float32, copy=False), threads=0)
+    return SnapshotData(fresh, data.rows)
+
+
+def write_snapshot(root: Path, seq: int, data: SnapshotData) -> SnapshotEntry:
+    """Publish the snapshot directory for ``seq`` (not yet the manifest)."""
+    rows = data.rows
+    if rows is None:
+        raise ValueError("a snapshot needs a rows table; apply at least one segment first")
+
+    def write(temp: Path) -> None:
+        temp.mkdir(parents=True)
+        data.index.save(str(temp / INDEX_FILE))  # usearch writes in place, hence only to a temp dir
+        pq.write_table(rows, temp / ROWS_FILE, compression="zstd", write_page_checksum=True)
+
+    directory = atomic_write(root / snapshot_dirname(seq), write)
+    files = {
+        name: FileEntry(bytes=(directory / name).stat().st_size, sha256=sha256_file(directory / name))
+        for name in (INDEX_FILE, ROWS_FILE)
+    }
+    return SnapshotEntry(
+        seq=seq,
+        dir=snapshot_dirname(seq),
+        files=files,
+        vectors=data.vectors,
+        tombstones=data.tombstones,
+        created_at=utc_now(),
+    )

@@ -1,0 +1,149 @@
+"""The whole chain through Dagster with the real model: materialize, search, change, again."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from dagster import AssetKey, DagsterInstance, Definitions, materialize
+
+from assets import dataset_assets
+from pipelines.definitions import DUCKDB_FILE, build_definitions, build_resources
+from pipelines.query import search
+from pipelines.spec import load_spec
+from resources.index import IndexReader
+from resources.index.commitlog import list_segments
+from resources.searcher import SearchError, UnknownDatasetError
+from tests.conftest import dataset_entry, write_spec
+from tests.dagster.helpers import duckdb_state, index_state, metadata_of
+
+
+@pytest.fixture()
+def project(tmp_path, sample_table, monkeypatch):
+    source = tmp_path / "src" / "packages.parquet"
+    source.parent.mkdir()
+    pq.write_table(sample_table.slice(0, 400), source)
+    spec_path = write_spec(tmp_path / "datasets.yaml", [dataset_entry("pkgs", source)])
+    home = tmp_path / "home"
+    monkeypatch.setenv("QUIVER_DATASETS", str(spec_path))
+    monkeypatch.setenv("QUIVER_HOME", str(home))
+    return spec_path, home, source
+
+
+def run_all(spec_path, home, instance=None):
+    spec = load_spec(spec_path)
+    assets = [a for d in spec.datasets for a in dataset_assets(d)]
+    result = materialize(assets, resources=build_resources(spec, home), instance=instance or DagsterInstance.ephemeral())
+    assert result.success
+    return result
+
+
+def test_materialize_then_search(project):
+    spec_path, home, _ = project
+    result = run_all(spec_path, home)
+    meta = metadata_of(result, ["pkgs", "embeddings"])
+    assert (meta["rows_read"], meta["rows_new"], meta["rows_embedded"], meta["rows_deleted"]) == (400, 400, 400, 0)
+    assert metadata_of(result, ["pkgs", "index"])["records"] == 400
+    assert metadata_of(result, ["pkgs", "snapshot"])["vectors"] == 400
+
+    hits = search("pkgs", "python library for web development", k=10)
+    assert hits.num_rows == 10
+    assert hits.column_names == ["pkg_id", "score", "distance", "package", "section", "short_description"]
+    scores = hits.column("score").to_pylist()
+    assert scores == sorted(scores, reverse=True)
+    narrow = search("pkgs", "python library for web development", k=3, columns=["package"])
+    assert narrow.column_names == ["pkg_id", "score", "distance", "package"]
+    assert narrow.column("pkg_id").to_pylist() == hits.column("pkg_id").to_pylist()[:3]
+
+    # I2: snapshot + segments equal the embedded table (keys, vectors, served columns).
+    table = duckdb_state(home / DUCKDB_FILE, "pkgs")
+    assert index_state(home / "pkgs") == table
+
+
+def test_recall_at_10_against_exact_search(project):
+    spec_path, home, _ = project
+    run_all(spec_path, home)
+    table = duckdb_state(home / DUCKDB_FILE, "pkgs")
+    keys = np.array(sorted(table))
+    vectors = np.stack([table[k][0] for k in keys])
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    reader = IndexReader(home / "pkgs")
+    rng = np.random.default_rng(7)
+    queries = rng.choice(len(keys), 100, replace=False)
+    found = 0
+    for q in queries:
+        exact = keys[np.argsort(-(unit @ unit[q]), kind="stable")[:10]]
+        got = reader.search(vectors[q], 10).keys
+        found += len(set(exact.tolist()) & set(got.tolist()))
+    recall = found / (10 * len(queries))
+    assert recall >= 0.95, recall
+
+
+def test_changed_source_refreshes_exactly(project, sample_table):
+    spec_path, home, source = project
+    run_all(spec_path, home)
+    base = sample_table.slice(0, 400)
+    # 5 text changes, 3 deletions, 4 new rows, 2 served-only changes (section).
+    ids = base.column("pkg_id").to_pylist()
+    changed, deleted, served_only = ids[:5], ids[5:8], ids[8:10]
+    text = [
+        f"{d} (revised)" if i in changed else d
+        for i, d in zip(ids, base.column("short_description").to_pylist())
+    ]
+    section = ["moved" if i in served_only else s for i, s in zip(ids, base.column("section").to_pylist())]
+    updated = base.set_column(3, "short_description", pa.array(text)).set_column(2, "section", pa.array(section))
+    updated = updated.filter(pc.invert(pc.is_in(updated.column("pkg_id"), pa.array(deleted))))
+    updated = pa.concat_tables([updated, sample_table.slice(400, 4)], promote_options="permissive")
+    pq.write_table(updated, source)
+
+    result = run_all(spec_path, home)
+    meta = metadata_of(result, ["pkgs", "embeddings"])
+    assert (meta["rows_new"], meta["rows_changed"], meta["rows_deleted"]) == (4, 5, 3)
+    assert meta["rows_embedded"] == meta["rows_new"] + meta["rows_changed"] == 9
+    assert meta["rows_served_only_changed"] == 2
+    assert metadata_of(result, ["pkgs", "index"])["records"] == 4 + 5 + 3 + 2
+    assert index_state(home / "pkgs") == duckdb_state(home / DUCKDB_FILE, "pkgs")
+    hits = search("pkgs", base.column("short_description")[5].as_py(), k=500)
+    assert not set(deleted) & set(hits.column("pkg_id").to_pylist())
+    assert hits.num_rows == 401  # every live row: 400 - 3 + 4
+
+    # Same source again: nothing committed, no new segment, same state.
+    before = [ref.name for ref in list_segments(home / "pkgs")]
+    result = run_all(spec_path, home)
+    assert metadata_of(result, ["pkgs", "embeddings"])["committed"] is False
+    assert metadata_of(result, ["pkgs", "index"])["records"] == 0
+    assert [ref.name for ref in list_segments(home / "pkgs")] == before
+    assert index_state(home / "pkgs") == duckdb_state(home / DUCKDB_FILE, "pkgs")
+
+
+def test_several_datasets_side_by_side(tmp_path, sample_table, monkeypatch):
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    pq.write_table(sample_table.slice(0, 150), a)
+    pq.write_table(sample_table.slice(150, 120), b)
+    spec_path = write_spec(
+        tmp_path / "datasets.yaml",
+        [dataset_entry("alpha", a), dataset_entry("beta", b, columns=["package"], vectors={"metric": "l2"})],
+    )
+    home = tmp_path / "home"
+    monkeypatch.setenv("QUIVER_DATASETS", str(spec_path))
+    monkeypatch.setenv("QUIVER_HOME", str(home))
+    defs = build_definitions(load_spec(spec_path), home)
+    Definitions.validate_loadable(defs)
+    keys = set(defs.resolve_all_asset_keys())
+    assert {AssetKey([d, s]) for d in ("alpha", "beta") for s in ("rows", "embeddings", "index", "snapshot")} <= keys
+    run_all(spec_path, home)
+    alpha, beta = search("alpha", "game", k=5), search("beta", "game", k=5)
+    assert set(alpha.column("pkg_id").to_pylist()) <= set(sample_table.slice(0, 150).column("pkg_id").to_pylist())
+    assert set(beta.column("pkg_id").to_pylist()) <= set(sample_table.slice(150, 120).column("pkg_id").to_pylist())
+    assert beta.column_names == ["pkg_id", "score", "distance", "package"]
+    assert all(0 < s <= 1 for s in beta.column("score").to_pylist())  # l2: 1 / (1 + distance)
+    assert len(duckdb_state(home / DUCKDB_FILE, "alpha")) == 150
+    assert len(duckdb_state(home / DUCKDB_FILE, "beta")) == 120
+    with pytest.raises(UnknownDatasetError, match="known datasets: alpha, beta"):
+        search("gamma", "game")
+    with pytest.raises(SearchError, match="k must be a positive integer"):
+        search("alpha", "game", k=0)
+    with pytest.raises(SearchError, match="not served"):
+        search("beta", "game", columns=["section"])
