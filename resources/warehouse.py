@@ -115,7 +115,6 @@ class LoadResult:
 
 def load_source(conn: duckdb.DuckDBPyConnection, layout: TableLayout, files: list[str]) -> LoadResult:
     """Validate the source and replace (full) or extend (append) ``<ds>_rows`` in one transaction."""
-    ds = layout.dataset
     conn.execute("BEGIN")
     try:
         conn.execute("CREATE OR REPLACE TEMP TABLE _source AS SELECT * FROM read_parquet(?, union_by_name = true)", [files])
@@ -220,38 +219,41 @@ def plan_changes(conn: duckdb.DuckDBPyConnection, layout: TableLayout, model_ide
     rows_read = conn.execute(f"SELECT count(*) FROM {layout.rows}").fetchone()[0]
     served_cols = f", {served_list}" if served else ""
     if table_exists(conn, layout.embeddings):
-        new_cond = f"{pk} NOT IN (SELECT {pk} FROM {layout.embeddings})"
-        join = f"_src s JOIN {layout.embeddings} e USING ({pk})"
-        to_embed = _arrow(conn, 
-            f"SELECT {pk}, {TEXT}, {CONTENT_HASH}, {SERVED_HASH}{served_cols}, {new_cond} AS _is_new FROM _src "
-            f"WHERE {new_cond} OR {CONTENT_HASH} <> (SELECT {CONTENT_HASH} FROM {layout.embeddings} e WHERE e.{pk} = _src.{pk})"
-        )
-        served_only = _arrow(conn, 
-            f"SELECT {pk}, s.{CONTENT_HASH}, s.{SERVED_HASH}"
+        emb = layout.embeddings
+        to_embed = _arrow(
+            conn,
+            f"SELECT s.{pk}, s.{TEXT}, s.{CONTENT_HASH}, s.{SERVED_HASH}"
             + "".join(f", s.{q(c)}" for c in served)
-            + f" FROM {join} WHERE s.{CONTENT_HASH} = e.{CONTENT_HASH} AND s.{SERVED_HASH} <> e.{SERVED_HASH}"
+            + f", e.{KEY} IS NULL AS _is_new FROM _src s LEFT JOIN {emb} e ON s.{pk} = e.{pk} "
+            f"WHERE e.{KEY} IS NULL OR s.{CONTENT_HASH} <> e.{CONTENT_HASH}",
         )
-        deleted = _arrow(conn, f"SELECT {pk} FROM {layout.embeddings} WHERE {pk} NOT IN (SELECT {pk} FROM _src)")
+        served_only = _arrow(
+            conn,
+            f"SELECT s.{pk}, s.{CONTENT_HASH}, s.{SERVED_HASH}"
+            + "".join(f", s.{q(c)}" for c in served)
+            + f" FROM _src s JOIN {emb} e ON s.{pk} = e.{pk} "
+            f"WHERE s.{CONTENT_HASH} = e.{CONTENT_HASH} AND s.{SERVED_HASH} <> e.{SERVED_HASH}",
+        )
+        deleted = _arrow(conn, f"SELECT {pk} FROM {emb} WHERE {pk} NOT IN (SELECT {pk} FROM _src)")
     else:
         to_embed = _arrow(conn, f"SELECT {pk}, {TEXT}, {CONTENT_HASH}, {SERVED_HASH}{served_cols}, true AS _is_new FROM _src")
         served_only = to_embed.select([layout.primary_key, CONTENT_HASH, SERVED_HASH, *served]).slice(0, 0)
         deleted = to_embed.select([layout.primary_key]).slice(0, 0)
     conn.execute("DROP TABLE _src")
-    to_embed = (to_embed)
     new = int(np.sum(to_embed.column("_is_new").to_numpy(zero_copy_only=False))) if to_embed.num_rows else 0
     if layout.refresh_mode == "append":  # append: known keys are never touched, nothing leaves
         to_embed = to_embed.filter(to_embed.column("_is_new"))
-        served_only, deleted = served_only.slice(0, 0), (deleted).slice(0, 0)
+        served_only, deleted = served_only.slice(0, 0), deleted.slice(0, 0)
     return ChangePlan(
         base_seq=last_seq(conn, layout),
         served=served,
         to_embed=to_embed.drop_columns(["_is_new"]),
-        served_only=(served_only),
-        deleted=(deleted),
+        served_only=served_only,
+        deleted=deleted,
         rows_read=rows_read,
         new=new,
         changed=to_embed.num_rows - new,
-        unchanged=rows_read - len(skipped) - to_embed.num_rows - (served_only).num_rows,
+        unchanged=rows_read - len(skipped) - to_embed.num_rows - served_only.num_rows,
         skipped_empty=len(skipped),
         skipped_examples=[row[0] for row in skipped[:5]],
     )
@@ -389,7 +391,6 @@ def changes_after(conn: duckdb.DuckDBPyConnection, layout: TableLayout, after: i
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    table = (table)
     if table.num_rows == 0:
         return None, last
     missing = table.filter(pa.compute.and_(pa.compute.equal(table.column(OP), "upsert"), pa.compute.is_null(table.column(VECTOR))))
@@ -403,7 +404,7 @@ def changes_after(conn: duckdb.DuckDBPyConnection, layout: TableLayout, after: i
 
 def embedded_state(conn: duckdb.DuckDBPyConnection, layout: TableLayout) -> pa.Table:
     """Every embedded row (key, pk, vector, served columns), ordered by key: what the index must equal."""
-    return (_arrow(conn, f"SELECT * EXCLUDE ({SEQ}, {CONTENT_HASH}, {SERVED_HASH}) FROM {layout.embeddings} ORDER BY {KEY}"))
+    return _arrow(conn, f"SELECT * EXCLUDE ({SEQ}, {CONTENT_HASH}, {SERVED_HASH}) FROM {layout.embeddings} ORDER BY {KEY}")
 
 
 def vector_dim(conn: duckdb.DuckDBPyConnection, layout: TableLayout) -> int | None:
