@@ -58,9 +58,7 @@ def test_parquet_metadata_names_range_and_identity(tmp_path, kit):
     assert meta["quiver.format_version"] == commitlog.SEGMENT_VERSION
 
 
-@pytest.mark.parametrize(
-    ("first", "last"), [(1, 1), (7, 12), (10**12, 10**12 + 5), (2**62, 2**62 + 1)]
-)
+@pytest.mark.parametrize(("first", "last"), [(1, 1), (7, 12), (10**12, 10**12 + 5), (2**62, 2**62 + 1)])
 def test_segment_name_is_zero_padded_and_sorts_like_its_range(first, last):
     name = commitlog.segment_name(first, last)
     assert name == f"{first:020d}-{last:020d}.parquet"

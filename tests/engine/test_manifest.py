@@ -35,7 +35,9 @@ def _entry(seq: int) -> SnapshotEntry:
 
 
 def _manifest(kit, snapshots: int, metric: str = "cosine", dtype: str = "f32") -> Manifest:
-    manifest = Manifest("products", kit.make_identity(dim=384, metric=metric, dtype=dtype), HnswParams(8, 100, 40), "product_id")
+    manifest = Manifest(
+        "products", kit.make_identity(dim=384, metric=metric, dtype=dtype), HnswParams(8, 100, 40), "product_id"
+    )
     for seq in range(1, snapshots + 1):
         manifest = manifest.with_snapshot(_entry(seq * 7))
     return manifest

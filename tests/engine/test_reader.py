@@ -40,7 +40,9 @@ def populate(root, kit, *, seed=0, dim=16, metric="cosine", inserts=300, centers
 
 
 @pytest.mark.parametrize(
-    ("deletes", "updates"), [(450, 0), (0, 450), (300, 150), (495, 0)], ids=["delete90", "update90", "mixed", "delete99"]
+    ("deletes", "updates"),
+    [(450, 0), (0, 450), (300, 150), (495, 0)],
+    ids=["delete90", "update90", "mixed", "delete99"],
 )
 @pytest.mark.parametrize("ef_search", [None, 10])
 def test_exactly_k_rows_after_most_snapshot_keys_change(tmp_path, kit, deletes, updates, ef_search):
@@ -120,9 +122,7 @@ def test_an_updated_key_answers_with_its_new_vector_only(tmp_path, kit, metric, 
             moved = exact_distances(metric, old, new[None, :])[0]
             assert float(hits.distances[listed.index(key)]) == pytest.approx(moved, abs=1e-4)
             assert moved > 1e-3
-        assert reader.rows(np.array([key], dtype=np.uint64)).column("name").to_pylist() == [
-            work.model.rows[key].name
-        ]
+        assert reader.rows(np.array([key], dtype=np.uint64)).column("name").to_pylist() == [work.model.rows[key].name]
 
 
 def test_refresh_picks_up_segments_and_snapshots(tmp_path, kit):
@@ -232,7 +232,7 @@ def test_rows_come_back_in_hit_order(tmp_path, kit):
         result = reader.search_rows(kit.random_unit(rng, 16), 30, columns=["name"])
         for pk, name in zip(result.column(kit.PK).to_pylist(), result.column("name").to_pylist()):
             assert work.model.rows[kit.key_of(pk)].name == name
-    shuffled = np.array(list(reversed(sorted(work.model.rows))), dtype=np.uint64)
+    shuffled = np.array(sorted(work.model.rows, reverse=True), dtype=np.uint64)
     table = reader.rows(shuffled, columns=["name", "colour"])
     assert table.column(kit.PK).to_pylist() == [work.model.rows[int(key)].pk for key in shuffled]
     assert table.column("colour").null_count == len(shuffled), "a column no file has is nulls"

@@ -62,7 +62,10 @@ def test_append_segment_refuses_a_gap_or_an_overlap(tmp_path, kit, first, last):
     store.append_segment(*work.batch(inserts=10))
     before = commitlog.list_segments(tmp_path)
     table = kit.changes_table(
-        [kit.Record(seq, "upsert", kit.key_of(seq), seq, np.ones(8, np.float32), "x") for seq in range(first, last + 1)],
+        [
+            kit.Record(seq, "upsert", kit.key_of(seq), seq, np.ones(8, np.float32), "x")
+            for seq in range(first, last + 1)
+        ],
         8,
     )
 
@@ -194,7 +197,14 @@ def test_a_snapshot_of_a_fully_deleted_index(tmp_path, kit):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("dim", 16), ("metric", "l2"), ("metric", "inner_product"), ("dtype", "f16"), ("dtype", "i8"), ("model", "bge-small")],
+    [
+        ("dim", 16),
+        ("metric", "l2"),
+        ("metric", "inner_product"),
+        ("dtype", "f16"),
+        ("dtype", "i8"),
+        ("model", "bge-small"),
+    ],
 )
 def test_reopening_with_another_identity_is_refused(tmp_path, kit, field, value):
     """I6: the error names both sides and the fix; nothing on disk changes."""
