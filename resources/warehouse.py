@@ -220,18 +220,15 @@ def plan_changes(conn: duckdb.DuckDBPyConnection, layout: TableLayout, model_ide
     served_cols = f", {served_list}" if served else ""
     if table_exists(conn, layout.embeddings):
         emb = layout.embeddings
+        hashes_and_served = f"s.{CONTENT_HASH}, s.{SERVED_HASH}" + "".join(f", s.{q(c)}" for c in served)
         to_embed = _arrow(
             conn,
-            f"SELECT s.{pk}, s.{TEXT}, s.{CONTENT_HASH}, s.{SERVED_HASH}"
-            + "".join(f", s.{q(c)}" for c in served)
-            + f", e.{KEY} IS NULL AS _is_new FROM _src s LEFT JOIN {emb} e ON s.{pk} = e.{pk} "
+            f"SELECT s.{pk}, s.{TEXT}, {hashes_and_served}, e.{KEY} IS NULL AS _is_new FROM _src s LEFT JOIN {emb} e ON s.{pk} = e.{pk} "
             f"WHERE e.{KEY} IS NULL OR s.{CONTENT_HASH} <> e.{CONTENT_HASH}",
         )
         served_only = _arrow(
             conn,
-            f"SELECT s.{pk}, s.{CONTENT_HASH}, s.{SERVED_HASH}"
-            + "".join(f", s.{q(c)}" for c in served)
-            + f" FROM _src s JOIN {emb} e ON s.{pk} = e.{pk} "
+            f"SELECT s.{pk}, {hashes_and_served} FROM _src s JOIN {emb} e ON s.{pk} = e.{pk} "
             f"WHERE s.{CONTENT_HASH} = e.{CONTENT_HASH} AND s.{SERVED_HASH} <> e.{SERVED_HASH}",
         )
         deleted = _arrow(conn, f"SELECT {pk} FROM {emb} WHERE {pk} NOT IN (SELECT {pk} FROM _src)")
