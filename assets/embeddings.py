@@ -1,15 +1,53 @@
 """``<ds>/embeddings``: new and changed rows embedded, with change records (I1)."""
 
+import json
 import time
 
 import dagster as dg
 import numpy as np
 from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
 from assets.naming import key, layout, tags
 from pipelines.spec import DatasetSpec
 from resources import warehouse
 from resources.dagster_resources import WRITER_POOL, EmbedderResource, open_connection
+
+
+class EmbeddingsConfig(dg.Config):
+    """Run config of the embeddings asset (the launchpad shows it)."""
+
+    full_rebuild: bool = Field(
+        default=False,
+        description="Embed every row again and replace the embedded table and its change records whole; "
+        "the index asset then rebuilds the index directory. Needed when the model's dimension changes.",
+    )
+
+
+def rebuild_fix(spec: DatasetSpec) -> str:
+    """How to ask for a full rebuild, copy-pastable: the run config and the command that passes it."""
+    asset = key(spec, "embeddings")
+    config = {"ops": {asset.to_python_identifier(): {"config": {"full_rebuild": True}}}}
+    return (
+        f"ask for a full rebuild (it embeds every row again and rebuilds the index): set `full_rebuild: true` "
+        f"in the run config of {asset.to_user_string()} (Dagster launchpad), or run\n"
+        f"  dagster asset materialize -m pipelines.definitions --select 'tag:dataset={spec.name}' "
+        f"--config-json '{json.dumps(config)}'"
+    )
+
+
+class _Stages:
+    """Seconds per stage of one materialization."""
+
+    def __init__(self):
+        self.started = self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, stage: str | None) -> None:
+        now = time.perf_counter()
+        if stage is not None:
+            self.seconds[stage] = now - self.last
+        self.last = now
 
 
 def embeddings_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
@@ -27,43 +65,65 @@ def embeddings_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         "non-empty text, its content hash and the seq of its last change; plus the change records.",
     )
     def embeddings(
-        context: dg.AssetExecutionContext, duckdb: DuckDBResource, embedder: EmbedderResource
+        context: dg.AssetExecutionContext, config: EmbeddingsConfig, duckdb: DuckDBResource, embedder: EmbedderResource
     ) -> dg.MaterializeResult:
-        started = time.perf_counter()
+        clock = _Stages()
         with open_connection(duckdb) as conn:
-            plan = warehouse.plan_changes(conn, table, model_name)
+            plan = warehouse.plan_changes(conn, table, model_name, full_rebuild=config.full_rebuild)
+        clock.lap("plan")
         if plan.skipped_empty:
             context.log.warning(
                 "%s: skipped %d rows whose embedded text is empty or null (e.g. %s=%s); they are not indexed",
                 spec.name, plan.skipped_empty, spec.primary_key, plan.skipped_examples,
             )
-        texts = plan.to_embed.column(warehouse.TEXT).to_pylist()
-        embed_started = time.perf_counter()
-        vectors = np.empty((0, 0), dtype=np.float32)
-        if texts:  # the connection is closed while the model runs
-            vectors = embedder.get(model_name).embed(
-                texts, progress=lambda done, total: context.log.info("%s: embedded %d/%d", spec.name, done, total)
-            )
-        embed_seconds = time.perf_counter() - embed_started
+        vectors = _embed(context, spec, embedder, plan, clock)  # the connection is closed meanwhile
         with open_connection(duckdb) as conn:
             committed = warehouse.commit_changes(conn, table, plan, vectors)
-        return dg.MaterializeResult(
-            metadata={
-                "rows_read": plan.rows_read,
-                "rows_new": plan.new,
-                "rows_changed": plan.changed,
-                "rows_served_only_changed": plan.served_only.num_rows,
-                "rows_unchanged": plan.unchanged,
-                "rows_deleted": plan.deleted.num_rows,
-                "rows_skipped_empty_text": plan.skipped_empty,
-                "rows_embedded": len(texts),
-                "embedding_rows_per_second": round(len(texts) / embed_seconds, 1) if texts else 0.0,
-                "embedding_seconds": round(embed_seconds, 3),
-                "seq_first": committed.first_seq if committed else 0,
-                "seq_last": committed.last_seq if committed else plan.base_seq,
-                "committed": committed is not None,
-                "seconds": round(time.perf_counter() - started, 3),
-            }
-        )
+            row_count = warehouse.embedded_count(conn, table)
+        clock.lap("commit")
+        summary = warehouse.describe_refresh(plan, committed)
+        context.log.info("%s: %s", spec.name, summary)
+        return dg.MaterializeResult(metadata=_metadata(plan, committed, row_count, clock, summary))
 
     return embeddings
+
+
+def _embed(
+    context: dg.AssetExecutionContext, spec: DatasetSpec, embedder: EmbedderResource, plan: warehouse.ChangePlan, clock: _Stages
+) -> np.ndarray:
+    texts = plan.to_embed.column(warehouse.TEXT).to_pylist()
+    if not texts:
+        clock.lap("embed")
+        return np.empty((0, 0), dtype=np.float32)
+    model = embedder.get(spec.embeddings.model)
+    warehouse.require_dimension(layout(spec), plan, model.dim, fix=rebuild_fix(spec))  # before hours of work
+    clock.lap(None)  # loading the model is not embedding
+    vectors = model.embed(texts, progress=lambda done, total: context.log.info("%s: embedded %d/%d", spec.name, done, total))
+    clock.lap("embed")
+    return vectors
+
+
+def _metadata(plan: warehouse.ChangePlan, committed: warehouse.CommitResult | None, row_count: int, clock: _Stages, summary: str) -> dict:
+    embedded = plan.to_embed.num_rows
+    embed_seconds = clock.seconds["embed"]
+    return {
+        "dagster/row_count": row_count,
+        "summary": summary,
+        "committed": committed is not None,
+        "full_rebuild": plan.rebuild,
+        "rows_read": plan.rows_read,
+        "rows_new": plan.new,
+        "rows_changed": plan.changed,
+        "rows_served_only_changed": plan.served_only.num_rows,
+        "rows_unchanged": plan.unchanged,
+        "rows_deleted": plan.deleted.num_rows,
+        "rows_skipped_empty_text": plan.skipped_empty,
+        "rows_embedded": embedded,
+        "embedding_rows_per_second": round(embedded / embed_seconds, 1) if embedded else 0.0,
+        "plan_seconds": round(clock.seconds["plan"], 3),
+        "embedding_seconds": round(embed_seconds, 3),
+        "commit_seconds": round(clock.seconds["commit"], 3),
+        "seconds": round(time.perf_counter() - clock.started, 3),
+        "seq_first": committed.first_seq if committed else 0,
+        "seq_last": committed.last_seq if committed else plan.base_seq,
+    }

@@ -34,7 +34,7 @@ def snapshot_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 "vectors": entry.vectors,
                 "tombstones": entry.tombstones,
                 "snapshot_bytes": entry.total_bytes,
-                "index_sha256": entry.files["index.usearch"].sha256,
+                "index_checksum": entry.files["index.usearch"].checksum,
                 "folded_segments": result.segments_folded,
                 "folded_segment_bytes": result.segment_bytes_folded,
                 "changes_applied": result.changes_applied,

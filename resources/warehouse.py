@@ -1,7 +1,7 @@
 """DuckDB statements: the system of record for rows, embeddings and change records. No Dagster.
 
 Tables per dataset ``<ds>`` (identifiers come validated from the spec and are quoted here; values
-are bound with ``?``):
+are bound as parameters):
 
     <ds>_rows        the source as last read: primary key + served columns + embedded columns
     <ds>_keys        primary key -> ``_key`` UBIGINT, given on first sight and never reused, so an
@@ -11,6 +11,13 @@ are bound with ``?``):
                      ``_served_hash`` (md5 of the served columns), ``_vector`` FLOAT[dim], served columns
     <ds>_changes     one record per change (I1): ``_seq`` BIGINT (monotonic), ``_op`` upsert|delete,
                      ``_key``, primary key, ``_at`` — written in the same transaction as the change
+    <ds>_rebuilds    one record per full rebuild: ``_seq`` (the first seq of the rebuilt state), ``_at``,
+                     ``dim``, ``model``, ``rows``. A rebuild replaces ``<ds>_embeddings`` and
+                     ``<ds>_changes`` in one transaction; seqs keep growing across it, so an index
+                     whose log ends before ``_seq`` predates the rebuild (resources/rebuild.py)
+    <ds>_watermark   append mode with a ``time_column``: ``time_column`` (its name) and ``watermark``
+                     (the largest value read so far, in the column's own type); the next refresh
+                     reads only rows above it
 
 The commit log is derived from these: the changes after a seq, one per key (its latest), joined
 with the current embedded row for upserts.
@@ -25,6 +32,8 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+
+from resources.faults import kill_point
 
 KEY, SEQ, OP, VECTOR = "_key", "_seq", "_op", "_vector"
 CONTENT_HASH, SERVED_HASH, TEXT = "_content_hash", "_served_hash", "_text"
@@ -41,6 +50,10 @@ class SourceNotFoundError(WarehouseError, FileNotFoundError):
 
 class ConcurrentWriteError(WarehouseError, RuntimeError):
     pass
+
+
+class DimensionMismatchError(WarehouseError):
+    """The model's vectors have another dimension than the embedded table's; only a rebuild crosses."""
 
 
 def q(identifier: str) -> str:
@@ -76,6 +89,14 @@ class TableLayout:
     def changes(self) -> str:
         return self.table("changes")
 
+    @property
+    def rebuilds(self) -> str:
+        return self.table("rebuilds")
+
+    @property
+    def watermark(self) -> str:
+        return self.table("watermark")
+
 
 def table_exists(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(
@@ -85,8 +106,8 @@ def table_exists(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
     )
 
 
-def _columns(conn: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str]:
-    return {row[0]: row[1] for row in conn.execute(f"DESCRIBE {relation}").fetchall()}
+def _columns(conn: duckdb.DuckDBPyConnection, relation: str, params: list | None = None) -> dict[str, str]:
+    return {row[0]: row[1] for row in conn.execute(f"DESCRIBE {relation}", params).fetchall()}
 
 
 # -- source --------------------------------------------------------------------------------------
@@ -108,36 +129,79 @@ def resolve_source_files(dataset: str, path: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class LoadResult:
-    rows_read: int
+    rows_read: int  # rows read from the source (in append mode with a time column: above the watermark)
     rows_in_table: int
     columns: tuple[str, ...]
+    watermark: object = None  # append mode with a time column: the largest time value read so far
 
 
-def load_source(conn: duckdb.DuckDBPyConnection, layout: TableLayout, files: list[str]) -> LoadResult:
-    """Validate the source and replace (full) or extend (append) ``<ds>_rows`` in one transaction."""
+def load_source(
+    conn: duckdb.DuckDBPyConnection, layout: TableLayout, files: list[str], time_column: str | None = None
+) -> LoadResult:
+    """Validate the source and replace (full) or extend (append) ``<ds>_rows`` in one transaction.
+
+    Append mode adds only primary keys the table does not hold yet; with ``time_column`` it reads
+    only rows whose time is above the watermark (the largest time read by earlier refreshes).
+    """
+    append = layout.refresh_mode == "append" and table_exists(conn, layout.rows)
+    time_column = time_column if layout.refresh_mode == "append" else None
     conn.execute("BEGIN")
     try:
-        conn.execute("CREATE OR REPLACE TEMP TABLE _source AS SELECT * FROM read_parquet(?, union_by_name = true)", [files])
-        source_columns = _columns(conn, "_source")
+        source = "read_parquet(?, union_by_name = true)"
+        source_columns = _columns(conn, f"SELECT * FROM {source}", [files])
+        _validate_time_column(layout, source_columns, time_column)
+        only_newer = append and _has_watermark(conn, layout, time_column)
+        newer = f" WHERE {q(time_column)} > (SELECT watermark FROM {layout.watermark})" if only_newer else ""
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE _source AS SELECT * FROM {source}{newer}", [files])
         _validate_source(conn, layout, source_columns)
         served = layout.served_columns or tuple(c for c in source_columns if c != layout.primary_key)
         keep = [layout.primary_key] + [c for c in dict.fromkeys([*served, *layout.text_columns]) if c != layout.primary_key]
         select = ", ".join(q(c) for c in keep)
         rows_read = conn.execute("SELECT count(*) FROM _source").fetchone()[0]
-        if layout.refresh_mode == "append" and table_exists(conn, layout.rows):
+        if append:
             conn.execute(
                 f"INSERT INTO {layout.rows} BY NAME SELECT {select} FROM _source s "
                 f"WHERE s.{q(layout.primary_key)} NOT IN (SELECT {q(layout.primary_key)} FROM {layout.rows})"
             )
         else:
             conn.execute(f"CREATE OR REPLACE TABLE {layout.rows} AS SELECT {select} FROM _source")
+        watermark = _advance_watermark(conn, layout, time_column, only_newer) if time_column else None
         total = conn.execute(f"SELECT count(*) FROM {layout.rows}").fetchone()[0]
         conn.execute("DROP TABLE _source")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return LoadResult(rows_read=rows_read, rows_in_table=total, columns=tuple(keep))
+    return LoadResult(rows_read=rows_read, rows_in_table=total, columns=tuple(keep), watermark=watermark)
+
+
+def _validate_time_column(layout: TableLayout, columns: dict[str, str], time_column: str | None) -> None:
+    if time_column is not None and time_column not in columns:
+        raise WarehouseError(
+            f"dataset {layout.dataset!r}: time column {time_column!r} is not in the source "
+            f"(columns: {', '.join(columns)}); fix `time_column`"
+        )
+
+
+def _has_watermark(conn: duckdb.DuckDBPyConnection, layout: TableLayout, time_column: str | None) -> bool:
+    """A watermark of this very column (one left by another time column does not count)."""
+    if time_column is None or not table_exists(conn, layout.watermark):
+        return False
+    row = conn.execute(f"SELECT time_column, watermark IS NOT NULL FROM {layout.watermark}").fetchone()
+    return row is not None and row[0] == time_column and row[1]
+
+
+def _advance_watermark(conn: duckdb.DuckDBPyConnection, layout: TableLayout, time_column: str, above: bool):
+    """Keep the largest time read so far, in the column's own type; rows without a time never move it.
+
+    ``above``: only rows above the old watermark were read, so their maximum (if any) is the new one.
+    """
+    read_max = f"(SELECT max({q(time_column)}) FROM _source)"
+    if above:
+        conn.execute(f"UPDATE {layout.watermark} SET watermark = coalesce({read_max}, watermark)")
+    else:
+        conn.execute(f"CREATE OR REPLACE TABLE {layout.watermark} AS SELECT ?::VARCHAR AS time_column, {read_max} AS watermark", [time_column])
+    return conn.execute(f"SELECT watermark FROM {layout.watermark}").fetchone()[0]
 
 
 def _validate_source(conn: duckdb.DuckDBPyConnection, layout: TableLayout, columns: dict[str, str]) -> None:
@@ -168,6 +232,9 @@ def _validate_source(conn: duckdb.DuckDBPyConnection, layout: TableLayout, colum
 
 
 # -- the embedding diff --------------------------------------------------------------------------
+REBUILD_FIX = "ask for a full rebuild: run the embeddings asset with the run config `full_rebuild: true`"
+
+
 @dataclass
 class ChangePlan:
     """What one refresh must change, decided under a connection, applied under another."""
@@ -177,6 +244,9 @@ class ChangePlan:
     to_embed: pa.Table  # pk, _text, _content_hash, _served_hash, served columns
     served_only: pa.Table  # pk, _content_hash, _served_hash, served columns (vector kept)
     deleted: pa.Table  # pk
+    model: str = ""  # the model identity hashed into every content hash
+    vector_dim: int | None = None  # the embedded table's dimension when planned; None before the first
+    rebuild: bool = False  # replace the embedded state whole (see commit_changes)
     rows_read: int = 0
     unchanged: int = 0
     new: int = 0
@@ -195,24 +265,40 @@ def last_seq(conn: duckdb.DuckDBPyConnection, layout: TableLayout) -> int:
     return conn.execute(f"SELECT coalesce(max({SEQ}), 0) FROM {layout.changes}").fetchone()[0]
 
 
-def plan_changes(conn: duckdb.DuckDBPyConnection, layout: TableLayout, model_identity: str) -> ChangePlan:
-    """Diff ``<ds>_rows`` against ``<ds>_embeddings`` by primary key and content hash."""
+def last_rebuild_seq(conn: duckdb.DuckDBPyConnection, layout: TableLayout) -> int:
+    """The first seq of the state the last full rebuild wrote; 0 if there was none.
+
+    An index whose log ends below it was built from the replaced state and must be rebuilt too.
+    """
+    if not table_exists(conn, layout.rebuilds):
+        return 0
+    return conn.execute(f"SELECT coalesce(max({SEQ}), 0) FROM {layout.rebuilds}").fetchone()[0]
+
+
+def plan_changes(
+    conn: duckdb.DuckDBPyConnection, layout: TableLayout, model_identity: str, full_rebuild: bool = False
+) -> ChangePlan:
+    """Diff ``<ds>_rows`` against ``<ds>_embeddings`` by primary key and content hash.
+
+    ``full_rebuild``: every row with text is embedded again (rows embedded before count as
+    changed, in either refresh mode) and the commit replaces the embedded state whole.
+    """
     if not table_exists(conn, layout.rows):
         raise WarehouseError(f"dataset {layout.dataset!r}: table {layout.rows} does not exist; materialize the rows asset first")
     pk = q(layout.primary_key)
     served = tuple(c for c in (layout.served_columns or _columns(conn, layout.rows)) if c != layout.primary_key)
     # A blank column contributes nothing (no dangling separator); all blank means no text.
     texts = [f"CASE WHEN trim({q(c)}) = '' THEN NULL ELSE {q(c)} END" for c in layout.text_columns]
-    text_expr = texts[0] if len(texts) == 1 else f"concat_ws(?, {', '.join(texts)})"
-    params = [] if len(texts) == 1 else [layout.separator]
+    text_expr = texts[0] if len(texts) == 1 else f"concat_ws($separator, {', '.join(texts)})"
+    params = {"model": model_identity} | ({"separator": layout.separator} if len(texts) > 1 else {})
     served_list = ", ".join(q(c) for c in served)
     served_hash = f"md5(CAST(struct_pack({served_list}) AS VARCHAR))" if served else "md5('')"
-    conn.execute(
+    conn.execute(  # named parameters: the model and the separator must never swap places
         f"""CREATE OR REPLACE TEMP TABLE _src AS
-            SELECT {pk}, t.{TEXT}, md5(? || chr(0) || t.{TEXT}) AS {CONTENT_HASH}, {served_hash} AS {SERVED_HASH}
+            SELECT {pk}, t.{TEXT}, md5($model || chr(0) || t.{TEXT}) AS {CONTENT_HASH}, {served_hash} AS {SERVED_HASH}
                    {', ' + served_list if served else ''}
             FROM (SELECT *, {text_expr} AS {TEXT} FROM {layout.rows}) t""",
-        [*params, model_identity],
+        params,
     )
     skipped = conn.execute(f"SELECT {pk} FROM _src WHERE {TEXT} IS NULL OR trim({TEXT}) = '' ORDER BY 1").fetchall()
     conn.execute(f"DELETE FROM _src WHERE {TEXT} IS NULL OR trim({TEXT}) = ''")
@@ -221,12 +307,12 @@ def plan_changes(conn: duckdb.DuckDBPyConnection, layout: TableLayout, model_ide
     if table_exists(conn, layout.embeddings):
         emb = layout.embeddings
         hashes_and_served = f"s.{CONTENT_HASH}, s.{SERVED_HASH}" + "".join(f", s.{q(c)}" for c in served)
+        stale = "" if full_rebuild else f"WHERE e.{KEY} IS NULL OR s.{CONTENT_HASH} <> e.{CONTENT_HASH}"
         to_embed = _arrow(
             conn,
-            f"SELECT s.{pk}, s.{TEXT}, {hashes_and_served}, e.{KEY} IS NULL AS _is_new FROM _src s LEFT JOIN {emb} e ON s.{pk} = e.{pk} "
-            f"WHERE e.{KEY} IS NULL OR s.{CONTENT_HASH} <> e.{CONTENT_HASH}",
+            f"SELECT s.{pk}, s.{TEXT}, {hashes_and_served}, e.{KEY} IS NULL AS _is_new FROM _src s LEFT JOIN {emb} e ON s.{pk} = e.{pk} {stale}",
         )
-        served_only = _arrow(
+        served_only = None if full_rebuild else _arrow(
             conn,
             f"SELECT s.{pk}, {hashes_and_served} FROM _src s JOIN {emb} e ON s.{pk} = e.{pk} "
             f"WHERE s.{CONTENT_HASH} = e.{CONTENT_HASH} AND s.{SERVED_HASH} <> e.{SERVED_HASH}",
@@ -234,11 +320,13 @@ def plan_changes(conn: duckdb.DuckDBPyConnection, layout: TableLayout, model_ide
         deleted = _arrow(conn, f"SELECT {pk} FROM {emb} WHERE {pk} NOT IN (SELECT {pk} FROM _src)")
     else:
         to_embed = _arrow(conn, f"SELECT {pk}, {TEXT}, {CONTENT_HASH}, {SERVED_HASH}{served_cols}, true AS _is_new FROM _src")
-        served_only = to_embed.select([layout.primary_key, CONTENT_HASH, SERVED_HASH, *served]).slice(0, 0)
+        served_only = None
         deleted = to_embed.select([layout.primary_key]).slice(0, 0)
+    if served_only is None:  # nothing embedded yet, or a rebuild embeds every row anyway
+        served_only = to_embed.select([layout.primary_key, CONTENT_HASH, SERVED_HASH, *served]).slice(0, 0)
     conn.execute("DROP TABLE _src")
     new = int(np.sum(to_embed.column("_is_new").to_numpy(zero_copy_only=False))) if to_embed.num_rows else 0
-    if layout.refresh_mode == "append":  # append: known keys are never touched, nothing leaves
+    if layout.refresh_mode == "append" and not full_rebuild:  # append: known keys are never touched, nothing leaves
         to_embed = to_embed.filter(to_embed.column("_is_new"))
         served_only, deleted = served_only.slice(0, 0), deleted.slice(0, 0)
     return ChangePlan(
@@ -247,12 +335,46 @@ def plan_changes(conn: duckdb.DuckDBPyConnection, layout: TableLayout, model_ide
         to_embed=to_embed.drop_columns(["_is_new"]),
         served_only=served_only,
         deleted=deleted,
+        model=model_identity,
+        vector_dim=vector_dim(conn, layout),
+        rebuild=full_rebuild,
         rows_read=rows_read,
         new=new,
         changed=to_embed.num_rows - new,
         unchanged=rows_read - len(skipped) - to_embed.num_rows - served_only.num_rows,
         skipped_empty=len(skipped),
         skipped_examples=[row[0] for row in skipped[:5]],
+    )
+
+
+def require_dimension(layout: TableLayout, plan: ChangePlan, model_dim: int, fix: str = REBUILD_FIX) -> None:
+    """Refuse vectors of another dimension than the embedded table's unless the plan rebuilds (I6).
+
+    Called before embedding, so a model change fails in seconds, not after hours of work.
+    """
+    if plan.rebuild or plan.vector_dim is None or plan.vector_dim == model_dim:
+        return
+    raise DimensionMismatchError(_dimension_message(layout, plan.model, model_dim, plan.vector_dim, fix))
+
+
+def _dimension_message(layout: TableLayout, model: str, got: int, held: int, fix: str) -> str:
+    return (
+        f"dataset {layout.dataset!r}: model {model!r} gives {got}-dimensional vectors but {layout.embeddings} "
+        f"(and the index built from it) holds {held}-dimensional ones. Vectors of different dimensions are "
+        f"never mixed, so a plain refresh cannot switch models; {fix}"
+    )
+
+
+def describe_refresh(plan: ChangePlan, committed: CommitResult | None) -> str:
+    """One line for people: what the refresh found and what it committed."""
+    if committed is None:
+        return f"no change: {plan.rows_read} rows read, {plan.unchanged} unchanged, {plan.skipped_empty} skipped (empty text); nothing committed"
+    kind = "full rebuild" if plan.rebuild else "refresh"
+    return (
+        f"{kind}: {plan.rows_read} rows read; {plan.new} new, {plan.changed} changed, "
+        f"{plan.served_only.num_rows} served columns only, {plan.deleted.num_rows} deleted, {plan.unchanged} unchanged, "
+        f"{plan.skipped_empty} skipped (empty text); embedded {plan.to_embed.num_rows}; "
+        f"committed seq {committed.first_seq}..{committed.last_seq}"
     )
 
 
@@ -271,11 +393,17 @@ class CommitResult:
 def commit_changes(
     conn: duckdb.DuckDBPyConnection, layout: TableLayout, plan: ChangePlan, vectors: np.ndarray
 ) -> CommitResult | None:
-    """Apply a plan and its change records in one DuckDB transaction (I1). None if no change."""
+    """Apply a plan and its change records in one DuckDB transaction (I1). None if no change.
+
+    A rebuild plan replaces ``<ds>_embeddings`` and ``<ds>_changes`` in that same transaction: the
+    new tables hold only the rebuilt state (at the new dimension), an upsert per embedded row and a
+    delete per row that left, with seqs after the old last seq; ``<ds>_rebuilds`` records where
+    the rebuilt state starts. Keys are kept, so a primary key keeps its usearch key.
+    """
     if plan.is_empty:
         return None
     pk = layout.primary_key
-    dim = vectors.shape[1] if len(vectors) else None
+    dim = vectors.shape[1] if len(vectors) else plan.vector_dim
     incoming = plan.to_embed.drop_columns([TEXT])
     conn.execute("BEGIN")
     try:
@@ -283,13 +411,12 @@ def commit_changes(
             raise ConcurrentWriteError(
                 f"dataset {layout.dataset!r}: another writer committed changes since this refresh planned; run it again"
             )
+        if plan.rebuild:
+            conn.execute(f"DROP TABLE IF EXISTS {layout.embeddings}")
+            conn.execute(f"DROP TABLE IF EXISTS {layout.changes}")
         dim = _ensure_tables(conn, layout, plan.served, dim)
         if len(vectors) and vectors.shape[1] != dim:
-            raise WarehouseError(
-                f"dataset {layout.dataset!r}: the model gives {vectors.shape[1]}-dimensional vectors but "
-                f"{layout.embeddings} holds {dim}-dimensional ones; a different model needs a full rebuild "
-                f"(drop the dataset's tables and index directory, then materialize again)"
-            )
+            raise DimensionMismatchError(_dimension_message(layout, plan.model, vectors.shape[1], dim, REBUILD_FIX))
         flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
         incoming = incoming.append_column(VECTOR, pa.FixedSizeListArray.from_arrays(flat, dim))
         conn.register("_incoming", incoming)
@@ -327,25 +454,33 @@ def commit_changes(
         first, last, upserted, deleted = conn.execute(
             f"SELECT min({SEQ}), max({SEQ}), count(*) FILTER (_op = 'upsert'), count(*) FILTER (_op = 'delete') FROM _change"
         ).fetchone()
+        if plan.rebuild:
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {layout.rebuilds} ({SEQ} BIGINT, _at TIMESTAMPTZ, dim INTEGER, model VARCHAR, rows BIGINT)"
+            )
+            conn.execute(f"INSERT INTO {layout.rebuilds} VALUES (?, now(), ?, ?, ?)", [first, dim, plan.model, upserted])
         for name in ("_incoming", "_served_only", "_deleted"):
             conn.unregister(name)
         conn.execute("DROP TABLE _upserts")
         conn.execute("DROP TABLE _change")
+        kill_point("refresh.in_transaction")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    kill_point("refresh.after_commit")
     return CommitResult(first_seq=first, last_seq=last, upserted=upserted, deleted=deleted)
 
 
 def _ensure_tables(conn: duckdb.DuckDBPyConnection, layout: TableLayout, served: tuple[str, ...], dim: int | None) -> int:
-    """Create the keys, embeddings and changes tables on first use; returns the vector dimension."""
+    """Create the keys, embeddings and changes tables on first use (the keys table outlives a
+    rebuild); returns the vector dimension."""
     pk = q(layout.primary_key)
     if not table_exists(conn, layout.embeddings):
         if dim is None:
             raise WarehouseError(f"dataset {layout.dataset!r}: no vectors yet to size {layout.embeddings}")
         served_sel = "".join(f", {q(c)}" for c in served)
-        conn.execute(f"CREATE TABLE {layout.keys} AS SELECT {pk}, 0::UBIGINT AS {KEY} FROM {layout.rows} LIMIT 0")
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {layout.keys} AS SELECT {pk}, 0::UBIGINT AS {KEY} FROM {layout.rows} LIMIT 0")
         conn.execute(
             f"CREATE TABLE {layout.embeddings} AS SELECT {pk}, 0::UBIGINT AS {KEY}, 0::BIGINT AS {SEQ}, "
             f"''::VARCHAR AS {CONTENT_HASH}, ''::VARCHAR AS {SERVED_HASH}, NULL::FLOAT[{int(dim)}] AS {VECTOR}"
@@ -402,6 +537,13 @@ def changes_after(conn: duckdb.DuckDBPyConnection, layout: TableLayout, after: i
 def embedded_state(conn: duckdb.DuckDBPyConnection, layout: TableLayout) -> pa.Table:
     """Every embedded row (key, pk, vector, served columns), ordered by key: what the index must equal."""
     return _arrow(conn, f"SELECT * EXCLUDE ({SEQ}, {CONTENT_HASH}, {SERVED_HASH}) FROM {layout.embeddings} ORDER BY {KEY}")
+
+
+def embedded_count(conn: duckdb.DuckDBPyConnection, layout: TableLayout) -> int:
+    """Rows in ``<ds>_embeddings`` (what the index holds once it caught up)."""
+    if not table_exists(conn, layout.embeddings):
+        return 0
+    return conn.execute(f"SELECT count(*) FROM {layout.embeddings}").fetchone()[0]
 
 
 def vector_dim(conn: duckdb.DuckDBPyConnection, layout: TableLayout) -> int | None:

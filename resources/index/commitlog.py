@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from resources.faults import kill_point
 from resources.index.errors import CorruptFileError, SequenceError
 from resources.index.files import atomic_write
 from resources.index.identity import IndexIdentity
@@ -39,6 +40,7 @@ SEGMENT_VERSION = "1"
 OP_UPSERT = "upsert"
 OP_DELETE = "delete"
 SEQ, OP, KEY, VECTOR = "_seq", "_op", "_key", "_vector"
+ROW_GROUP_ROWS = 65_536
 _NAME = re.compile(r"^(\d{20})-(\d{20})\.parquet$")
 
 
@@ -77,6 +79,57 @@ def list_segments(root: Path) -> list[SegmentRef]:
     return sorted(refs, key=lambda ref: ref.first)
 
 
+@dataclass(frozen=True)
+class Chain:
+    """The segments that continue a seq without a gap, and what (if anything) breaks the run."""
+
+    refs: list[SegmentRef]
+    broken_at: int | None = None  # the first seq that could not be continued
+    problem: str | None = None
+
+    @property
+    def last(self) -> int | None:
+        return self.refs[-1].last if self.refs else None
+
+
+def chain_after(refs: list[SegmentRef], after: int) -> Chain:
+    """The run of ``refs`` (sorted) that continues seq ``after``: each starts where the last ended.
+
+    Segments that end at or before ``after`` are covered by a snapshot and ignored. A missing
+    segment leaves a gap; a segment that starts inside another one overlaps it; both end the run.
+    """
+    run: list[SegmentRef] = []
+    expected = after + 1
+    for ref in refs:
+        if ref.last < expected:
+            continue
+        if ref.first != expected:
+            kind = "is missing" if ref.first > expected else f"overlaps {ref.name}"
+            return Chain(run, expected, f"the segment starting at seq {expected} {kind} (found {ref.path})")
+        run.append(ref)
+        expected = ref.last + 1
+    return Chain(run)
+
+
+def read_chain(refs: list[SegmentRef], after: int, identity: IndexIdentity) -> tuple[pa.Table | None, Chain]:
+    """Read the run of segments after ``after`` up to the first gap or damaged segment.
+
+    Returns the records of the readable run and the chain that was read (with the problem that
+    ended it, naming the file). A FileNotFoundError (a snapshot's cleanup removed a segment
+    meanwhile) propagates, so the caller can reread the manifest.
+    """
+    chain = chain_after(refs, after)
+    tables = []
+    for i, ref in enumerate(chain.refs):
+        try:
+            tables.append(read_segment(ref, identity))
+        except CorruptFileError as error:
+            chain = Chain(chain.refs[:i], ref.first, str(error))
+            break
+    records = pa.concat_tables(tables, promote_options="default") if tables else None
+    return records, chain
+
+
 def vector_type(dim: int) -> pa.DataType:
     return pa.list_(pa.float32(), dim)
 
@@ -100,10 +153,14 @@ def write_segment(root: Path, changes: pa.Table, first: int, last: int, identity
     }
     changes = changes.replace_schema_metadata({**(changes.schema.metadata or {}), **metadata})
     final = root / LOG_DIR / segment_name(first, last)
-    atomic_write(
-        final,
-        lambda temp: pq.write_table(changes, temp, compression="zstd", write_page_checksum=True),
-    )
+
+    def write(temp: Path) -> None:
+        with pq.ParquetWriter(temp, changes.schema, compression="zstd", write_page_checksum=True) as writer:
+            for start in range(0, changes.num_rows, ROW_GROUP_ROWS):
+                writer.write_table(changes.slice(start, ROW_GROUP_ROWS))
+                kill_point("segment.mid_write")  # row groups on disk, no footer yet
+
+    atomic_write(final, write, label="segment")
     return SegmentRef(final, first, last, final.stat().st_size)
 
 
@@ -135,9 +192,23 @@ def read_segment(ref: SegmentRef, identity: IndexIdentity) -> pa.Table:
             f"commit-log segment {ref.path} disagrees with its name or the manifest: "
             + ", ".join(f"{k} is {got!r}, expected {want!r}" for k, (got, want) in wrong.items())
         )
-    missing = [name for name in (SEQ, OP, KEY, VECTOR) if name not in table.column_names]
-    if missing:
-        raise CorruptFileError(f"commit-log segment {ref.path} lacks the columns {missing}: it is not served")
+    expected_types = {SEQ: pa.int64(), OP: pa.string(), KEY: pa.uint64(), VECTOR: vector_type(identity.dim)}
+    wrong_types = {
+        name: (table.schema.field(name).type if name in table.column_names else "missing", want)
+        for name, want in expected_types.items()
+        if name not in table.column_names or table.schema.field(name).type != want
+    }
+    if wrong_types:
+        raise CorruptFileError(
+            f"commit-log segment {ref.path} has the wrong columns ("
+            + ", ".join(f"{name}: {got}, expected {want}" for name, (got, want) in wrong_types.items())
+            + "): it is not served"
+        )
+    seqs = table.column(SEQ).to_numpy()
+    if table.num_rows and (seqs.min() < ref.first or seqs.max() > ref.last):
+        raise CorruptFileError(
+            f"commit-log segment {ref.path} holds seqs {seqs.min()}..{seqs.max()} outside its name's range"
+        )
     return table.replace_schema_metadata(None)
 
 

@@ -25,3 +25,11 @@ class SequenceError(IndexError_, ValueError):
 
 class IndexBusyError(IndexError_, RuntimeError):
     """Another writer holds the index directory's lock."""
+
+
+class UnsupportedFormatError(IndexError_, ValueError):
+    """The directory was written by a newer quiver; it is refused and never modified."""
+
+
+class SnapshotUnrecoverableError(CorruptFileError):
+    """The published snapshot is damaged and no previous snapshot with its segments can replace it."""

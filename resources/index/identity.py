@@ -48,8 +48,9 @@ class IndexIdentity:
         if diffs:
             raise IdentityMismatchError(
                 f"{where}: the index was built with a different identity ({'; '.join(diffs)}). "
-                "Vectors of different identities are never mixed: rebuild the index from scratch "
-                "(delete the index directory and materialize the dataset again)."
+                "Vectors of different identities are never mixed: rebuild the index from DuckDB (run the "
+                "index asset with the run config `full_rebuild: true`, or delete the index directory and "
+                "materialize again)."
             )
 
 

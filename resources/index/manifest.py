@@ -9,24 +9,29 @@ Format (JSON object, ``format_version`` 1):
     hnsw              {m, ef_construction, ef_search}
     primary_key       name of the primary-key column in segments and rows files
     snapshot          null, or the published snapshot:
-                        {seq, dir, files: {name: {bytes, sha256}}, vectors, tombstones, created_at}
+                        {seq, dir, files: {name: {bytes, checksum}}, vectors, tombstones, created_at}
+                      (checksum: ``xxh3_128:<hex>``, files.checksum_file)
                       it covers every change with seq <= snapshot.seq
-    previous_snapshot null or the snapshot before it, kept for fallback (I7: at most one)
+    previous_snapshot null or the snapshot before it, kept for fallback (I7: at most one): the
+                      segments after it are kept too, so previous + segments reproduce
+                      the published state exactly when the current snapshot is damaged
     created_at        when the index directory was created (ISO 8601, UTC)
     updated_at        when this manifest was published
 
 The manifest is replaced whole by ``publish`` (temp, fsync, rename, fsync dir); no other file is
-ever renamed over. Readers notice a new manifest by its stat (inode, size, mtime).
+ever renamed over. Readers notice a new manifest by its stat (inode, size, mtime). A manifest with a
+higher ``format_version`` was written by a newer quiver: it is refused (UnsupportedFormatError) and
+never repaired or replaced, so an older quiver cannot destroy a newer index.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from resources.index.errors import CorruptFileError, IndexNotBuiltError
+from resources.index.errors import CorruptFileError, IndexNotBuiltError, UnsupportedFormatError
 from resources.index.files import atomic_write_bytes
 from resources.index.identity import HnswParams, IndexIdentity
 
@@ -36,13 +41,13 @@ FORMAT_VERSION = 1
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)
 class FileEntry:
     bytes: int
-    sha256: str
+    checksum: str  # files.checksum_file
 
 
 @dataclass(frozen=True)
@@ -86,8 +91,12 @@ class Manifest:
     def snapshot_seq(self) -> int:
         return self.snapshot.seq if self.snapshot else 0
 
-    def with_snapshot(self, snapshot: SnapshotEntry) -> Manifest:
-        return replace(self, snapshot=snapshot, previous_snapshot=self.snapshot, updated_at=utc_now())
+    def with_snapshot(self, snapshot: SnapshotEntry, previous: SnapshotEntry | None) -> Manifest:
+        return replace(self, snapshot=snapshot, previous_snapshot=previous, updated_at=utc_now())
+
+    def demoted(self) -> Manifest:
+        """The previous snapshot made current again (the current one is damaged)."""
+        return replace(self, snapshot=self.previous_snapshot, previous_snapshot=None, updated_at=utc_now())
 
     def to_json(self) -> bytes:
         body = {
@@ -110,10 +119,15 @@ class Manifest:
             data = json.loads(raw)
             if data.get("format") != FORMAT:
                 raise CorruptFileError(f"{where} is not a quiver manifest (format={data.get('format')!r})")
-            if data.get("format_version") != FORMAT_VERSION:
+            version = data.get("format_version")
+            if isinstance(version, int) and version > FORMAT_VERSION:
+                raise UnsupportedFormatError(
+                    f"{where} has format_version {version}, written by a newer quiver; this one reads "
+                    f"version {FORMAT_VERSION}. Upgrade quiver; the directory is left untouched."
+                )
+            if version != FORMAT_VERSION:
                 raise CorruptFileError(
-                    f"{where} has format_version {data.get('format_version')!r}; this quiver reads "
-                    f"version {FORMAT_VERSION}. Upgrade quiver, or rebuild the index."
+                    f"{where} has format_version {version!r}; this quiver reads version {FORMAT_VERSION}"
                 )
             return cls(
                 dataset=data["dataset"],
@@ -128,7 +142,7 @@ class Manifest:
                 updated_at=data["updated_at"],
             )
         except (AttributeError, KeyError, TypeError, ValueError) as error:  # AttributeError: JSON that is not an object
-            if isinstance(error, CorruptFileError):
+            if isinstance(error, (CorruptFileError, UnsupportedFormatError)):
                 raise
             raise CorruptFileError(
                 f"{where} is damaged ({error!r}); rebuild the index from DuckDB by materializing the dataset"
@@ -151,4 +165,4 @@ def read_manifest(root: Path) -> Manifest:
 
 
 def publish_manifest(root: Path, manifest: Manifest) -> None:
-    atomic_write_bytes(manifest_path(root), manifest.to_json())
+    atomic_write_bytes(manifest_path(root), manifest.to_json(), label="manifest")

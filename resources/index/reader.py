@@ -6,6 +6,13 @@ index of the upserted vectors searched exactly, and the set of snapshot keys tha
 deletes or supersedes (*shadowed*). A query searches both, drops shadowed snapshot hits, and merges
 by distance. ``refresh`` is a stat of the manifest and a listing of ``log/``; it reloads only what
 changed. The reader never opens the DuckDB file and never writes.
+
+Damage never stops a reader that is serving, and the served state only moves forward:
+- the snapshot's checksums and header are verified before usearch maps it; a damaged snapshot is
+  replaced by the previous one plus the segments after it (the store keeps them for this);
+- the segments are applied up to the first gap or damaged one (a consistent, once-published state);
+- if a refresh fails or would go back in seq, the reader keeps what it serves and records the
+  problem (``problems``) until the writer repairs the directory.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import pyarrow as pa
 
 from resources.index import commitlog, snapshot
 from resources.index.commitlog import KEY, OP, SEQ, VECTOR
+from resources.index.errors import CorruptFileError, IndexNotBuiltError, SnapshotUnrecoverableError
 from resources.index.identity import IndexIdentity, new_usearch_index, scores_from_distances
 from resources.index.manifest import Manifest, manifest_path, read_manifest
 
@@ -33,11 +41,14 @@ class _State:
     manifest: Manifest
     manifest_stat: tuple
     snap: snapshot.SnapshotData | None
+    base_seq: int  # seq of the snapshot served (the previous one when the current is damaged)
     snap_keys: np.ndarray  # the snapshot rows' keys, ascending
-    segment_names: tuple[str, ...]
+    segment_names: tuple[str, ...]  # the run of segments applied after ``base_seq``
+    served_seq: int  # every change up to here is served
     delta_index: object  # usearch index of the delta's upserts
     delta_rows: pa.Table | None  # the delta's upserts without vectors, ascending by key
     shadowed: np.ndarray  # snapshot keys deleted or superseded by the delta, ascending
+    problems: tuple[str, ...] = ()
 
     @property
     def live_vectors(self) -> int:
@@ -49,6 +60,10 @@ class _State:
 class Hits:
     keys: np.ndarray
     distances: np.ndarray
+
+
+class _ManifestMoved(Exception):
+    """A writer published a new manifest while this refresh was reading: start again."""
 
 
 def _stat(path: Path) -> tuple:
@@ -65,9 +80,11 @@ def _manifest_stat(root: Path) -> tuple:
 
 
 class IndexReader:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, verify: bool = True):
         self.root = Path(root)
+        self.verify = verify  # checksums before mapping a snapshot (XXH3: about 10 GB/s)
         self._state: _State | None = None
+        self._refresh_problem: str | None = None
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -85,56 +102,154 @@ class IndexReader:
         return self.state.manifest.identity
 
     @property
+    def served_seq(self) -> int:
+        return self.state.served_seq
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """What keeps the served state from matching the directory (empty when healthy)."""
+        extra = (self._refresh_problem,) if self._refresh_problem else ()
+        return self.state.problems + extra
+
+    @property
     def served_columns(self) -> list[str]:
         state = self.state
         names: list[str] = []
         for table in (state.snap.rows if state.snap else None, state.delta_rows):
             if table is not None:
-                names += [n for n in table.column_names if n not in names and n not in (KEY, state.manifest.primary_key)]
+                names += [
+                    n for n in table.column_names if n not in names and n not in (KEY, state.manifest.primary_key)
+                ]
         return names
 
     def __len__(self) -> int:
         return self.state.live_vectors
 
     def refresh(self) -> bool:
-        """Pick up a new manifest or new segments; returns whether anything changed."""
+        """Pick up a new manifest or new segments; returns whether the served state changed.
+
+        Raises only when there is nothing to serve yet; otherwise a failure keeps the current
+        state and is recorded in ``problems``.
+        """
         for attempt in range(_RELOAD_TRIES):
+            last_try = attempt == _RELOAD_TRIES - 1
             try:
-                return self._refresh_once()
-            except FileNotFoundError:
-                # A snapshot's cleanup removed a segment between listing and reading: the new
-                # manifest is already published, so the next attempt sees it.
-                if attempt == _RELOAD_TRIES - 1:
-                    raise
+                changed = self._refresh_once()
+                self._refresh_problem = None
+                return changed
+            except (FileNotFoundError, _ManifestMoved) as error:
+                # A snapshot's cleanup removed a file between the listing and the read, or a new
+                # manifest was published meanwhile: the next attempt sees the new state.
+                if not last_try:
+                    continue
+                failure = error
+            except (CorruptFileError, IndexNotBuiltError) as error:
+                failure = error
+            if self._state is None:
+                raise (
+                    failure
+                    if not isinstance(failure, _ManifestMoved)
+                    else CorruptFileError(f"{self.root}: the manifest kept changing while it was read")
+                )
+            self._refresh_problem = f"keeps serving seq {self._state.served_seq}: {failure}"
+            log.error("%s: %s", self.root, self._refresh_problem)
+            return False
         return False
 
     def _refresh_once(self) -> bool:
         current = self._state
-        stat = _manifest_stat(self.root) if current else None
+        stat = _manifest_stat(self.root)
         if current is None or stat != current.manifest_stat:
-            manifest_stat = _manifest_stat(self.root)
             manifest = read_manifest(self.root)
-            snap = None
-            if manifest.snapshot is not None:
-                snap = snapshot.open_snapshot(self.root, manifest.snapshot, manifest.identity, view=True)
+            snap, base_seq, problems = self._open_snapshot(manifest, stat)
             snap_keys = snap.rows.column(KEY).to_numpy() if snap else np.empty(0, dtype=np.uint64)
-            self._state = self._with_delta(manifest, manifest_stat, snap, snap_keys)
-            return True
-        names = self._segment_names_after(current.manifest)
-        if names != current.segment_names:
-            self._state = self._with_delta(current.manifest, current.manifest_stat, current.snap, current.snap_keys)
-            return True
-        return False
+            state = self._with_delta(manifest, stat, snap, base_seq, snap_keys, problems)
+        else:
+            names = self._chain_after(current.base_seq)
+            if names == current.segment_names:
+                return False
+            state = self._with_delta(
+                current.manifest,
+                stat,
+                current.snap,
+                current.base_seq,
+                current.snap_keys,
+                self._snapshot_problems(current),
+            )
+        if current is not None and state.served_seq < current.served_seq:
+            self._refresh_problem = (
+                f"keeps serving seq {current.served_seq}: the directory now reaches only seq {state.served_seq} "
+                f"({'; '.join(state.problems) or 'log truncated for repair'})"
+            )
+            log.warning("%s: %s", self.root, self._refresh_problem)
+            return False
+        self._state = state
+        for problem in state.problems:
+            log.error("%s: %s", self.root, problem)
+        return True
 
-    def _segments_after(self, manifest: Manifest) -> list[commitlog.SegmentRef]:
-        return [ref for ref in commitlog.list_segments(self.root) if ref.last > manifest.snapshot_seq]
+    @staticmethod
+    def _snapshot_problems(state: _State) -> tuple[str, ...]:
+        return tuple(p for p in state.problems if p.startswith("snapshot"))
 
-    def _segment_names_after(self, manifest: Manifest) -> tuple[str, ...]:
-        return tuple(ref.name for ref in self._segments_after(manifest))
+    def _open_snapshot(
+        self, manifest: Manifest, stat: tuple
+    ) -> tuple[snapshot.SnapshotData | None, int, tuple[str, ...]]:
+        """The manifest's snapshot, or the previous one when it is damaged: (data, seq, problems)."""
+        entry = manifest.snapshot
+        if entry is None:
+            return None, 0, ()
+        try:
+            return (
+                snapshot.open_snapshot(self.root, entry, manifest.identity, view=True, verify=self.verify),
+                entry.seq,
+                (),
+            )
+        except CorruptFileError as error:
+            if _manifest_stat(self.root) != stat:
+                raise _ManifestMoved from error  # cleaned up by a newer snapshot, not damaged
+            previous = manifest.previous_snapshot
+            if previous is None:
+                raise SnapshotUnrecoverableError(
+                    f"{error}; there is no previous snapshot to serve instead: materialize the dataset's index "
+                    "asset, which rebuilds the directory from DuckDB"
+                ) from error
+            try:
+                fallback = snapshot.open_snapshot(self.root, previous, manifest.identity, view=True, verify=self.verify)
+            except CorruptFileError as second:
+                raise SnapshotUnrecoverableError(
+                    f"{error}; and the previous snapshot is damaged too: {second}. Materialize the dataset's index "
+                    "asset, which rebuilds the directory from DuckDB"
+                ) from second
+            return (
+                fallback,
+                previous.seq,
+                (f"snapshot {entry.dir} is damaged ({error}); serving {previous.dir} and the segments after it",),
+            )
 
-    def _with_delta(self, manifest: Manifest, manifest_stat: tuple, snap, snap_keys: np.ndarray) -> _State:
-        refs = self._segments_after(manifest)
-        folded = commitlog.fold(commitlog.read_segments(refs, manifest.identity))
+    def _chain_after(self, base_seq: int) -> tuple[str, ...]:
+        return tuple(ref.name for ref in commitlog.chain_after(commitlog.list_segments(self.root), base_seq).refs)
+
+    def _with_delta(
+        self,
+        manifest: Manifest,
+        manifest_stat: tuple,
+        snap,
+        base_seq: int,
+        snap_keys: np.ndarray,
+        problems: tuple[str, ...],
+    ) -> _State:
+        records, chain = commitlog.read_chain(commitlog.list_segments(self.root), base_seq, manifest.identity)
+        if chain.problem is not None:
+            problems = (*problems, f"log: {chain.problem}; serving the segments before it")
+        served_seq = chain.last if chain.last is not None else base_seq
+        if served_seq < manifest.snapshot_seq:
+            raise SnapshotUnrecoverableError(
+                f"{self.root}: the snapshot at seq {manifest.snapshot_seq} is damaged and the previous snapshot's "
+                f"segments reach only seq {served_seq} ({chain.problem}); materialize the dataset's index asset, "
+                "which rebuilds the directory from DuckDB"
+            )
+        folded = commitlog.fold(records)
         delta_index = new_usearch_index(manifest.identity, manifest.hnsw)
         delta_rows = None
         shadowed = np.empty(0, dtype=np.uint64)
@@ -149,21 +264,30 @@ class IndexReader:
             manifest=manifest,
             manifest_stat=manifest_stat,
             snap=snap,
+            base_seq=base_seq,
             snap_keys=snap_keys,
-            segment_names=tuple(ref.name for ref in refs),
+            segment_names=tuple(ref.name for ref in chain.refs),
+            served_seq=served_seq,
             delta_index=delta_index,
             delta_rows=delta_rows,
             shadowed=shadowed,
+            problems=problems,
         )
 
     # -- search ------------------------------------------------------------------------------
-    def search(self, vector: np.ndarray, k: int, ef_search: int | None = None) -> Hits:
-        """The ``k`` nearest live keys to one vector (exactly ``min(k, live)`` of them)."""
+    def search(self, vector: np.ndarray, k: int, ef_search: int | None = None, exact: bool = False) -> Hits:
+        """The ``k`` nearest live keys to one vector (exactly ``min(k, live)`` of them).
+
+        ``exact``: brute force over every live vector instead of the HNSW graph (the ground truth
+        for recall checks; linear in the index size).
+        """
         state = self.state
         vector = np.asarray(vector, dtype=np.float32).reshape(-1)
         keys, distances = [], []
         if state.snap is not None and len(state.snap.index):
-            snap_keys, snap_dist = self._search_snapshot(state, vector, k, ef_search or state.manifest.hnsw.ef_search)
+            snap_keys, snap_dist = self._search_snapshot(
+                state, vector, k, ef_search or state.manifest.hnsw.ef_search, exact
+            )
             keys.append(snap_keys)
             distances.append(snap_dist)
         if len(state.delta_index):
@@ -177,7 +301,9 @@ class IndexReader:
         return Hits(all_keys[order], all_dist[order])
 
     @staticmethod
-    def _search_snapshot(state: _State, vector: np.ndarray, k: int, ef_search: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_snapshot(
+        state: _State, vector: np.ndarray, k: int, ef_search: int, exact: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
         index = state.snap.index
         size = len(index)
         wanted = min(k, size - len(state.shadowed))
@@ -187,7 +313,7 @@ class IndexReader:
         # Oversample by the shadowed keys (they can displace at most that many hits), then widen.
         count = min(size, k + min(len(state.shadowed), 4 * k + 64))
         while True:
-            found = index.search(vector, count)
+            found = index.search(vector, count, exact=exact)
             keys = np.asarray(found.keys, dtype=np.uint64)
             dist = np.asarray(found.distances, dtype=np.float32)
             live = ~np.isin(keys, state.shadowed)
@@ -223,13 +349,21 @@ class IndexReader:
         table = pa.concat_tables(parts, promote_options="default") if len(parts) > 1 else parts[0]
         return table.take(pa.array(np.argsort(np.concatenate(positions), kind="stable")))
 
-    def search_rows(self, vector: np.ndarray, k: int, columns: list[str] | None = None, ef_search: int | None = None) -> pa.Table:
+    def search_rows(
+        self, vector: np.ndarray, k: int, columns: list[str] | None = None, ef_search: int | None = None
+    ) -> pa.Table:
         """Best first: the primary key, ``score`` (higher is better), ``distance``, served columns."""
         hits = self.search(vector, k, ef_search)
         rows = self.rows(hits.keys, columns)
         pk = self.state.manifest.primary_key
         scores = scores_from_distances(self.identity.metric, hits.distances)
-        result = pa.table({pk: rows.column(pk), "score": pa.array(scores, pa.float64()), "distance": pa.array(hits.distances.astype(np.float64))})
+        result = pa.table(
+            {
+                pk: rows.column(pk),
+                "score": pa.array(scores, pa.float64()),
+                "distance": pa.array(hits.distances.astype(np.float64)),
+            }
+        )
         for name in rows.column_names:
             if name != pk:
                 result = result.append_column(name, rows.column(name))

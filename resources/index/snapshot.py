@@ -5,9 +5,9 @@
 
 A snapshot at seq S holds the net effect of every change with seq <= S. The directory is built
 under a temp name, fsynced whole and renamed into place (I3); it is never modified afterwards (I4).
-Its files' sizes and SHA-256 checksums go into the manifest. Opening checks sizes and the usearch
-header (dimension, metric, dtype, count) against the manifest before the file is mapped;
-``verify_snapshot`` also checks the checksums (slower: it reads every byte).
+Its files' sizes and XXH3-128 checksums go into the manifest. Opening checks, before usearch maps
+or loads anything: the sizes, the checksums (``verify``, on by default: a damaged file must never
+reach usearch's loader) and the usearch header (dimension, metric, dtype, count).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from resources.faults import kill_point
 from resources.index.commitlog import KEY, OP, SEQ, VECTOR, upserts, vectors_of
 from resources.index.errors import CorruptFileError
-from resources.index.files import atomic_write, sha256_file
+from resources.index.files import atomic_write, checksum_file
 from resources.index.identity import USEARCH_DTYPE, USEARCH_METRIC, HnswParams, IndexIdentity, new_usearch_index
 from resources.index.manifest import FileEntry, SnapshotEntry, utc_now
 
@@ -75,14 +76,24 @@ def _check_header(path: Path, entry: SnapshotEntry, identity: IndexIdentity) -> 
         raise CorruptFileError(f"{path} disagrees with the manifest ({'; '.join(problems)}): it is not served")
 
 
-def open_snapshot(root: Path, entry: SnapshotEntry, identity: IndexIdentity, view: bool = True) -> SnapshotData:
-    """Open a published snapshot: memory-mapped (``view``) for serving, or loaded to be modified."""
+def open_snapshot(
+    root: Path, entry: SnapshotEntry, identity: IndexIdentity, view: bool = True, verify: bool = True
+) -> SnapshotData:
+    """Open a published snapshot: memory-mapped (``view``) for serving, or loaded to be modified.
+
+    Raises CorruptFileError (naming the file and what is wrong) if any check fails.
+    """
     from usearch.index import Index
 
     directory = root / entry.dir
     index_path, rows_path = directory / INDEX_FILE, directory / ROWS_FILE
-    _check_header(index_path, entry, identity)
-    rows_size = rows_path.stat().st_size
+    if verify:
+        verify_snapshot(root, entry)
+    try:
+        _check_header(index_path, entry, identity)
+        rows_size = rows_path.stat().st_size
+    except FileNotFoundError as error:
+        raise CorruptFileError(f"snapshot file {error.filename} is missing: the snapshot is not served") from None
     if rows_size != entry.files[ROWS_FILE].bytes:
         raise CorruptFileError(
             f"{rows_path} is {rows_size} bytes, the manifest says {entry.files[ROWS_FILE].bytes}: it is not served"
@@ -97,15 +108,27 @@ def open_snapshot(root: Path, entry: SnapshotEntry, identity: IndexIdentity, vie
     return SnapshotData(index=index, rows=rows)
 
 
+def check_snapshot(root: Path, entry: SnapshotEntry, identity: IndexIdentity) -> None:
+    """Every check ``open_snapshot`` makes, without mapping or loading the index."""
+    verify_snapshot(root, entry)
+    _check_header(root / entry.dir / INDEX_FILE, entry, identity)
+
+
 def verify_snapshot(root: Path, entry: SnapshotEntry) -> None:
-    """Check every file of a snapshot against the manifest's size and SHA-256."""
+    """Check every file of a snapshot against the manifest's size and checksum."""
     for name, expected in entry.files.items():
         path = root / entry.dir / name
-        if not path.exists():
-            raise CorruptFileError(f"{path} is missing")
-        digest = sha256_file(path)
-        if digest != expected.sha256:
-            raise CorruptFileError(f"{path} fails its checksum (sha256 {digest}, manifest {expected.sha256})")
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise CorruptFileError(f"snapshot file {path} is missing: the snapshot is not served") from None
+        if size != expected.bytes:
+            raise CorruptFileError(f"{path} is {size} bytes, the manifest says {expected.bytes}: it is not served")
+        digest = checksum_file(path)
+        if digest != expected.checksum:
+            raise CorruptFileError(
+                f"{path} fails its checksum ({digest}, manifest {expected.checksum}): it is not served"
+            )
 
 
 def empty_snapshot(identity: IndexIdentity, params: HnswParams) -> SnapshotData:
@@ -146,11 +169,12 @@ def write_snapshot(root: Path, seq: int, data: SnapshotData) -> SnapshotEntry:
     def write(temp: Path) -> None:
         temp.mkdir(parents=True)
         data.index.save(str(temp / INDEX_FILE))  # usearch writes in place, hence only to a temp dir
+        kill_point("snapshot.mid_write")
         pq.write_table(rows, temp / ROWS_FILE, compression="zstd", write_page_checksum=True)
 
-    directory = atomic_write(root / snapshot_dirname(seq), write)
+    directory = atomic_write(root / snapshot_dirname(seq), write, label="snapshot")
     files = {
-        name: FileEntry(bytes=(directory / name).stat().st_size, sha256=sha256_file(directory / name))
+        name: FileEntry(bytes=(directory / name).stat().st_size, checksum=checksum_file(directory / name))
         for name in (INDEX_FILE, ROWS_FILE)
     }
     return SnapshotEntry(

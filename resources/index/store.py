@@ -8,7 +8,15 @@
 Opening removes temp leftovers of a crash and checks the caller's identity against the manifest
 (I6). ``append_segment`` adds changes after the log's last seq; ``take_snapshot`` folds the
 segments after the snapshot into a new one, publishes it through the manifest, and only then
-removes what it covers, keeping one previous snapshot for fallback (I7).
+removes what it covers, keeping one previous snapshot and the segments after it for fallback (I7).
+
+Damage (a file that fails its checks, a missing segment) is found by ``recover``, which repairs
+what the directory alone can repair: a damaged snapshot is replaced by the previous one plus the
+segments after it (exact, no DuckDB needed); a damaged or missing segment ends the log there, and
+the segments from it on are removed so that the next sync re-derives them from DuckDB's change
+records (I1). What it cannot repair (a damaged manifest, a damaged snapshot without a usable
+previous one) it reports as ``needs_rebuild``; ``reset`` then moves the directory aside (never
+deleting the evidence) for a rebuild from DuckDB.
 """
 
 from __future__ import annotations
@@ -25,8 +33,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from resources.faults import kill_point
 from resources.index import commitlog, snapshot
-from resources.index.errors import IndexBusyError, SequenceError
+from resources.index.errors import CorruptFileError, IndexBusyError, SequenceError, SnapshotUnrecoverableError
 from resources.index.files import fsync_dir, remove_path, remove_temp_files
 from resources.index.identity import HnswParams, IndexIdentity
 from resources.index.manifest import Manifest, SnapshotEntry, manifest_path, publish_manifest, read_manifest
@@ -34,6 +43,8 @@ from resources.index.manifest import Manifest, SnapshotEntry, manifest_path, pub
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".writer.lock"
+DAMAGED = "damaged"  # reset() reasons: kept for inspection ...
+REPLACED = "replaced"  # ... or removed once the rebuilt log is published
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,21 @@ class SnapshotResult:
     changes_applied: int
     rebuilt: bool
     removed_files: int
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What ``IndexStore.recover`` found and did."""
+
+    problems: tuple[str, ...] = ()
+    demoted_snapshot: int | None = None  # seq of a damaged snapshot replaced by the previous one
+    truncated_from: int | None = None  # first seq of the log run removed to be re-derived from DuckDB
+    segments_removed: int = 0
+    needs_rebuild: bool = False  # only a rebuild from DuckDB can restore the directory
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
 
 
 def read_stats(root: Path, now: float | None = None) -> LogStats:
@@ -118,6 +144,11 @@ class IndexStore:
             return manifest
         manifest = read_manifest(self.root)
         manifest.identity.require_same(self.identity, f"dataset {self.dataset!r} index at {self.root}")
+        removed = self._remove_covered(manifest)  # finishes a cleanup a crash interrupted
+        if removed:
+            log.warning(
+                "%s: removed %d files the manifest no longer needs (an interrupted cleanup)", self.dataset, removed
+            )
         if manifest.hnsw != self.params:
             # HNSW knobs shape the graph, not the vectors: the next snapshot rebuilds with them.
             log.info("%s: HNSW parameters changed %s -> %s", self.dataset, manifest.hnsw, self.params)
@@ -144,6 +175,97 @@ class IndexStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    # -- damage ------------------------------------------------------------------------------
+    def recover(self) -> Recovery:
+        """Find damaged files and repair what the directory alone can (see the module docstring).
+
+        Checks the manifest, the published snapshot (sizes, checksums, usearch header) and every
+        segment after it. Cost: one read of the snapshot and of the log after it.
+        """
+        with self._locked():
+            try:
+                manifest = self._open_locked()
+            except CorruptFileError as error:
+                return Recovery(problems=(str(error),), needs_rebuild=True)
+            problems: list[str] = []
+            demoted = None
+            if manifest.snapshot is not None:
+                try:
+                    snapshot.check_snapshot(self.root, manifest.snapshot, self.identity)
+                except CorruptFileError as error:
+                    problems.append(str(error))
+                    try:
+                        demoted = manifest.snapshot_seq
+                        manifest = self._demote_damaged_snapshot(manifest, error)
+                        problems.append(
+                            f"the previous snapshot (seq {manifest.snapshot_seq}) and the segments after it are current again"
+                        )
+                    except SnapshotUnrecoverableError as unrecoverable:
+                        problems.append(str(unrecoverable))
+                        return Recovery(problems=tuple(problems), needs_rebuild=True)
+            refs = commitlog.list_segments(self.root)
+            _, chain = commitlog.read_chain(refs, manifest.snapshot_seq, self.identity)
+            truncated_from, removed = None, 0
+            if chain.problem is not None:
+                truncated_from = chain.broken_at
+                doomed = [ref for ref in refs if ref.last >= truncated_from]
+                for ref in doomed:
+                    remove_path(ref.path)
+                fsync_dir(self.root / commitlog.LOG_DIR)
+                removed = len(doomed)
+                problems += [
+                    chain.problem,
+                    f"removed {removed} segments from seq {truncated_from} on; the next sync re-derives them from DuckDB",
+                ]
+            for problem in problems:
+                log.error("%s: %s", self.dataset, problem)
+            return Recovery(tuple(problems), demoted, truncated_from, removed)
+
+    def _demote_damaged_snapshot(self, manifest: Manifest, error: CorruptFileError) -> Manifest:
+        """Publish the previous snapshot as current when it and the segments after it are sound."""
+        previous = manifest.previous_snapshot
+        if previous is None:
+            raise SnapshotUnrecoverableError(
+                f"dataset {self.dataset!r}: the snapshot at seq {manifest.snapshot_seq} is damaged ({error}) and "
+                "there is no previous snapshot to fall back on; rebuild the index from DuckDB"
+            ) from error
+        try:
+            snapshot.check_snapshot(self.root, previous, self.identity)
+            _, chain = commitlog.read_chain(commitlog.list_segments(self.root), previous.seq, self.identity)
+        except CorruptFileError as second:
+            raise SnapshotUnrecoverableError(
+                f"dataset {self.dataset!r}: both the snapshot at seq {manifest.snapshot_seq} and the previous one "
+                f"are damaged ({second}); rebuild the index from DuckDB"
+            ) from error
+        if (chain.last or previous.seq) < manifest.snapshot_seq:
+            raise SnapshotUnrecoverableError(
+                f"dataset {self.dataset!r}: the snapshot at seq {manifest.snapshot_seq} is damaged and the segments "
+                f"after the previous snapshot do not reach it ({chain.problem}); rebuild the index from DuckDB"
+            ) from error
+        demoted = manifest.demoted()
+        publish_manifest(self.root, demoted)
+        remove_path(self.root / manifest.snapshot.dir)
+        log.error(
+            "%s: snapshot %s is damaged; the previous snapshot is current again", self.dataset, manifest.snapshot.dir
+        )
+        return demoted
+
+    def reset(self, reason: str = DAMAGED) -> Path:
+        """Move the whole directory aside (``<root>.<reason>-<time>-<pid>``, one rename under the
+        writer lock) and start an empty one, for a rebuild from DuckDB. Readers that mapped its
+        files keep serving them until they reopen (I5)."""
+        with self._locked():
+            aside = self.root.with_name(f"{self.root.name}.{reason}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+            os.replace(self.root, aside)
+            fsync_dir(self.root.parent)
+        log.warning("%s: moved the index directory to %s; rebuilding it from DuckDB", self.dataset, aside)
+        self.open()
+        return aside
+
+    def set_aside(self, reason: str) -> list[Path]:
+        """Directories ``reset`` moved aside for ``reason``."""
+        return sorted(self.root.parent.glob(f"{self.root.name}.{reason}-*"))
+
     # -- the log -----------------------------------------------------------------------------
     def last_seq(self) -> int:
         """The highest seq the index directory holds (segments or snapshot)."""
@@ -167,14 +289,26 @@ class IndexStore:
         """Fold the segments after the snapshot into a new published snapshot; None if none."""
         with self._locked():
             manifest = self._open_locked()
+            data = None
+            if manifest.snapshot is not None:
+                try:
+                    data = snapshot.open_snapshot(self.root, manifest.snapshot, self.identity, view=False)
+                except CorruptFileError as error:
+                    manifest = self._demote_damaged_snapshot(manifest, error)
+                    if manifest.snapshot is not None:
+                        data = snapshot.open_snapshot(self.root, manifest.snapshot, self.identity, view=False)
             base_seq = manifest.snapshot_seq
-            refs = [ref for ref in commitlog.list_segments(self.root) if ref.last > base_seq]
+            records, chain = commitlog.read_chain(commitlog.list_segments(self.root), base_seq, self.identity)
+            if chain.problem is not None:
+                raise CorruptFileError(
+                    f"dataset {self.dataset!r}: {chain.problem}; materialize {self.dataset}/index first, "
+                    "which re-derives the log from DuckDB"
+                )
+            refs = chain.refs
             if not refs:
                 return None
-            folded = commitlog.fold(commitlog.read_segments(refs, self.identity))
-            if manifest.snapshot is not None:
-                data = snapshot.open_snapshot(self.root, manifest.snapshot, self.identity, view=False)
-            else:
+            folded = commitlog.fold(records)
+            if data is None:
                 data = snapshot.empty_snapshot(self.identity, self.params)
             data = snapshot.apply_changes(data, folded, self.identity)
             tombstone_percent = 100.0 * data.tombstones / max(1, data.vectors)
@@ -187,10 +321,12 @@ class IndexStore:
             # manifest's) is left by a crash before the manifest's publish: never served, replace it.
             remove_path(self.root / snapshot.snapshot_dirname(seq))
             entry = snapshot.write_snapshot(self.root, seq, data)
-            new_manifest = manifest.with_snapshot(entry)
+            kill_point("snapshot.before_manifest")
+            new_manifest = manifest.with_snapshot(entry, previous=manifest.snapshot)
             if manifest.hnsw != self.params:
                 new_manifest = replace(new_manifest, hnsw=self.params)
             publish_manifest(self.root, new_manifest)
+            kill_point("snapshot.before_cleanup")
             removed = self._remove_covered(new_manifest)
             return SnapshotResult(
                 entry=entry,
@@ -202,21 +338,29 @@ class IndexStore:
             )
 
     def _remove_covered(self, manifest: Manifest) -> int:
-        """After publishing: drop segments the snapshot covers and snapshots no longer named (I7).
+        """After publishing: drop what neither the snapshot nor its fallback needs (I7).
 
-        Readers that mapped a removed file keep their mapping; they switch at their next refresh.
+        Kept: the two named snapshots, and the run of segments after the previous one (the
+        fallback replays them). Readers that mapped a removed file keep their mapping; they switch
+        at their next refresh.
         """
-        removed = 0
-        for ref in commitlog.list_segments(self.root):
-            if ref.last <= manifest.snapshot_seq:
-                remove_path(ref.path)
-                removed += 1
-        keep = {entry.dir for entry in (manifest.snapshot, manifest.previous_snapshot) if entry}
+        refs = commitlog.list_segments(self.root)
+        fallback_from = manifest.previous_snapshot.seq if manifest.previous_snapshot else 0
+        keep_segments = {ref.name for ref in commitlog.chain_after(refs, fallback_from).refs}
+        keep_segments |= {ref.name for ref in refs if ref.last > manifest.snapshot_seq}
+        keep_dirs = {entry.dir for entry in (manifest.snapshot, manifest.previous_snapshot) if entry}
         snapshots_dir = self.root / snapshot.SNAPSHOTS_DIR
-        for path in snapshots_dir.iterdir() if snapshots_dir.exists() else ():
-            if f"{snapshot.SNAPSHOTS_DIR}/{path.name}" not in keep:
-                remove_path(path)
-                removed += 1
+        doomed = [ref.path for ref in refs if ref.name not in keep_segments]
+        doomed += [
+            path
+            for path in (snapshots_dir.iterdir() if snapshots_dir.exists() else ())
+            if f"{snapshot.SNAPSHOTS_DIR}/{path.name}" not in keep_dirs
+        ]
+        for removed, path in enumerate(doomed, start=1):
+            remove_path(path)
+            if removed == 1:
+                kill_point("snapshot.mid_cleanup")
+        removed = len(doomed)
         for directory in (self.root / commitlog.LOG_DIR, snapshots_dir):
             if directory.exists():
                 fsync_dir(directory)

@@ -13,6 +13,8 @@ ENGINE_MODULES = [
     "resources.index.reader",
     "resources.index.store",
     "resources.warehouse",
+    "resources.log_sync",
+    "resources.faults",
     "resources.embedding",
     "resources.searcher",
     "sensors.snapshot_policy",
@@ -22,6 +24,8 @@ ENGINE_MODULES = [
 ENGINE_FILES = [
     *sorted((ROOT / "resources" / "index").glob("*.py")),
     ROOT / "resources" / "warehouse.py",
+    ROOT / "resources" / "log_sync.py",
+    ROOT / "resources" / "faults.py",
     ROOT / "resources" / "embedding.py",
     ROOT / "resources" / "searcher.py",
     ROOT / "sensors" / "snapshot_policy.py",

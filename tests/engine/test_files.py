@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from resources.index.files import (
     TEMP_MARKER,
     atomic_write,
     atomic_write_bytes,
+    checksum_file,
     remove_temp_files,
-    sha256_file,
     temp_path_for,
 )
 
@@ -148,8 +148,8 @@ def test_remove_temp_files_on_a_missing_root(tmp_path):
 
 
 @pytest.mark.parametrize("size", [0, 10, (4 << 20) + 3])
-def test_sha256_file_matches_hashlib(tmp_path, size):
+def test_checksum_file_matches_xxh3_128_of_the_bytes(tmp_path, size):
     data = (b"quiver" * (size // 6 + 1))[:size]
     path = tmp_path / "blob"
     path.write_bytes(data)
-    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+    assert checksum_file(path) == "xxh3_128:" + xxhash.xxh3_128(data).hexdigest()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from resources.index.errors import CorruptFileError, IndexNotBuiltError
+from resources.index.errors import CorruptFileError, IndexNotBuiltError, UnsupportedFormatError
 from resources.index.identity import HnswParams
 from resources.index.manifest import (
     FORMAT_VERSION,
@@ -25,8 +25,8 @@ def _entry(seq: int) -> SnapshotEntry:
         seq=seq,
         dir=f"snapshots/{seq:020d}",
         files={
-            "index.usearch": FileEntry(bytes=1000 + seq, sha256="a" * 64),
-            "rows.parquet": FileEntry(bytes=200 + seq, sha256="b" * 64),
+            "index.usearch": FileEntry(bytes=1000 + seq, checksum="xxh3_128:" + "a" * 32),
+            "rows.parquet": FileEntry(bytes=200 + seq, checksum="xxh3_128:" + "b" * 32),
         },
         vectors=10 * seq,
         tombstones=seq % 3,
@@ -39,7 +39,7 @@ def _manifest(kit, snapshots: int, metric: str = "cosine", dtype: str = "f32") -
         "products", kit.make_identity(dim=384, metric=metric, dtype=dtype), HnswParams(8, 100, 40), "product_id"
     )
     for seq in range(1, snapshots + 1):
-        manifest = manifest.with_snapshot(_entry(seq * 7))
+        manifest = manifest.with_snapshot(_entry(seq * 7), previous=manifest.snapshot)
     return manifest
 
 
@@ -64,13 +64,23 @@ def test_publish_replaces_the_manifest_whole(tmp_path, kit):
     assert [p.name for p in tmp_path.iterdir()] == [MANIFEST_NAME]
 
 
-@pytest.mark.parametrize("version", [0, 2, FORMAT_VERSION + 100, "1", None])
-def test_an_unknown_format_version_is_refused(tmp_path, kit, version):
+@pytest.mark.parametrize("version", [0, "1", None])
+def test_a_malformed_format_version_is_refused_as_damage(tmp_path, kit, version):
     body = json.loads(_manifest(kit, 1).to_json())
     body["format_version"] = version
     manifest_path(tmp_path).write_text(json.dumps(body))
     with pytest.raises(CorruptFileError, match="format_version"):
         read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("version", [FORMAT_VERSION + 1, FORMAT_VERSION + 100])
+def test_a_newer_format_version_is_refused_not_treated_as_damage(tmp_path, kit, version):
+    body = json.loads(_manifest(kit, 1).to_json())
+    body["format_version"] = version
+    manifest_path(tmp_path).write_text(json.dumps(body))
+    with pytest.raises(UnsupportedFormatError, match="newer quiver") as raised:
+        read_manifest(tmp_path)
+    assert not isinstance(raised.value, CorruptFileError), "a newer directory must never be 'repaired'"
 
 
 def test_another_format_is_refused(tmp_path, kit):

@@ -213,7 +213,9 @@ def test_scores_are_higher_is_better(tmp_path, kit, metric):
         np.testing.assert_allclose(scores, want, atol=1e-4)
         _, matrix = work.model.matrix()
         best = np.min(exact_distances(metric, query, matrix))
-        assert distances[0] == pytest.approx(best, abs=1e-4), "the top hit is the true nearest"
+        assert distances[0] >= best - 1e-4, "no hit is nearer than the true nearest"
+        exact = reader.search(query, k=1, exact=True)  # HNSW may miss it; exact search may not
+        assert float(exact.distances[0]) == pytest.approx(best, abs=1e-4), "exact search finds the true nearest"
 
 
 def test_rows_come_back_in_hit_order(tmp_path, kit):
@@ -286,8 +288,8 @@ def test_a_missing_index_is_not_built(tmp_path, kit):
     assert len(reader) == 5
     for path in sorted(tmp_path.rglob("*"), reverse=True):  # the directory is deleted to rebuild
         path.rmdir() if path.is_dir() else path.unlink()
-    with pytest.raises(IndexNotBuiltError):
-        reader.refresh()
+    assert reader.refresh() is False, "a serving reader keeps its state while the directory is rebuilt"
+    assert len(reader) == 5 and "MANIFEST.json is missing" in " ".join(reader.problems)
 
 
 def test_a_damaged_segment_or_snapshot_is_not_served(tmp_path, kit):
@@ -295,8 +297,9 @@ def test_a_damaged_segment_or_snapshot_is_not_served(tmp_path, kit):
     ref = store.append_segment(*work.batch(inserts=30))
     raw = ref.path.read_bytes()
     ref.path.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(CorruptFileError):
-        IndexReader(tmp_path).refresh()
+    reader = IndexReader(tmp_path)
+    assert len(reader) == 50 and reader.served_seq == 50, "served up to the damaged segment, not past it"
+    assert str(ref.path) in " ".join(reader.problems)
     ref.path.write_bytes(raw)
     entry = IndexReader(tmp_path).manifest.snapshot
     with open(tmp_path / entry.dir / snapshot.INDEX_FILE, "ab") as handle:

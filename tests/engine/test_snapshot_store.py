@@ -81,7 +81,9 @@ def test_append_after_a_snapshot_follows_the_snapshot_seq(tmp_path, kit):
     work = kit.Workload(2, store.identity.dim)
     store.append_segment(*work.batch(inserts=10))
     store.take_snapshot()
-    assert commitlog.list_segments(tmp_path) == [] and store.last_seq() == 10
+    kept = commitlog.list_segments(tmp_path)
+    assert [(ref.first, ref.last) for ref in kept] == [(1, 10)], "kept for the fallback until the next snapshot"
+    assert store.last_seq() == 10 and read_stats(tmp_path).segments == 0
     with pytest.raises(SequenceError):
         store.append_segment(*work.batch(inserts=0, updates=1)[:1], 10, 11)
     work.last_seq = 10
@@ -104,17 +106,18 @@ def test_take_snapshot_without_segments_returns_none(tmp_path, kit):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_files_stay_bounded_over_many_cycles(tmp_path, kit, seed):
-    """I7: one snapshot, at most one previous, the segments after it, nothing else."""
+    """I7: one snapshot, at most one previous, the segments after each, nothing else."""
     store = kit.new_store(tmp_path)
     work = kit.Workload(seed, store.identity.dim)
     rng = np.random.default_rng(seed)
     previous_entry = None
+    kept_segments = 0
     for cycle in range(10):
         segments = int(rng.integers(1, 4))
         for _ in range(segments):
             live = len(work.model.rows)
             store.append_segment(*work.batch(inserts=15, updates=min(5, live), deletes=min(4, max(0, live - 5))))
-        assert read_stats(tmp_path).files <= STEADY_STATE_FILES + segments
+        assert read_stats(tmp_path).files <= STEADY_STATE_FILES + kept_segments + segments
 
         result = store.take_snapshot()
 
@@ -122,12 +125,17 @@ def test_files_stay_bounded_over_many_cycles(tmp_path, kit, seed):
         assert result.entry == manifest.snapshot and result.entry.seq == work.last_seq
         assert manifest.previous_snapshot == previous_entry
         assert result.segments_folded == segments
-        assert commitlog.list_segments(tmp_path) == [], "covered segments are removed"
+        fallback_from = previous_entry.seq if previous_entry else 0
+        assert all(ref.first > fallback_from for ref in commitlog.list_segments(tmp_path)), (
+            "segments the previous snapshot covers are removed"
+        )
+        assert len(commitlog.list_segments(tmp_path)) == segments, "the run after the previous snapshot is kept"
         kept = sorted(p.name for p in (tmp_path / snapshot.SNAPSHOTS_DIR).iterdir())
         expected = [entry.dir.split("/")[1] for entry in (previous_entry, result.entry) if entry]
         assert kept == expected
         files = kit.files_under(tmp_path)
-        assert len(files) <= STEADY_STATE_FILES, files
+        assert len(files) <= STEADY_STATE_FILES + segments, files
+        kept_segments = segments
         assert read_stats(tmp_path).files == len(files)
         if cycle % 3 == 0:
             kit.assert_state_matches(kit.read_state(tmp_path), work.model)
@@ -319,8 +327,8 @@ def test_snapshot_checksums_match_the_manifest(snapshotted):
     for name, file in entry.files.items():
         assert (root / entry.dir / name).stat().st_size == file.bytes
     snapshot.verify_snapshot(root, entry)
-    assert json.loads(manifest_path(root).read_bytes())["snapshot"]["files"][snapshot.INDEX_FILE]["sha256"] == (
-        entry.files[snapshot.INDEX_FILE].sha256
+    assert json.loads(manifest_path(root).read_bytes())["snapshot"]["files"][snapshot.INDEX_FILE]["checksum"] == (
+        entry.files[snapshot.INDEX_FILE].checksum
     )
 
 

@@ -2,7 +2,9 @@
 snapshots and restarts (hypothesis stateful testing, as Chroma does).
 
 After every step the reader must hold exactly the model's keys, serve each live row's name, and
-find each live vector when searching for that vector. A second test replays a random history,
+find each live vector when searching for that vector, also after a disk error damages the
+published snapshot (the reader serves the previous one plus its segments; the next snapshot
+repairs it). A second test replays a random history,
 then re-opens the directory in a fresh Python process, so no in-process state can hide a
 persistence bug.
 """
@@ -26,6 +28,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from resources.index import IndexReader, IndexStore, read_stats
 from resources.index.commitlog import vector_type
 from resources.index.identity import HnswParams, IndexIdentity
+from resources.index.manifest import read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 DIM = 6
@@ -74,6 +77,8 @@ class Index:
         self.pending: list[tuple] = []
         self.last_seq = 0
         self.segments_since_snapshot = 0
+        self.segments_kept_for_fallback = 0  # the run after the previous snapshot (I7 fallback)
+        self.snapshot_damaged = False
         self.store = self.open_store()
 
     def open_store(self) -> IndexStore:
@@ -99,12 +104,25 @@ class Index:
         self.pending, self.last_seq = [], last
         self.segments_since_snapshot += 1
 
+    def damage_snapshot(self) -> None:
+        """Flip one byte of the published snapshot's index file (a disk error, not a crash)."""
+        path = self.root / read_manifest(self.root).snapshot.dir / "index.usearch"
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+        self.snapshot_damaged = True
+
     def snapshot(self, rebuild_percent: float):
+        if self.snapshot_damaged:  # the writer makes the previous snapshot current again first
+            self.segments_since_snapshot += self.segments_kept_for_fallback
+            self.segments_kept_for_fallback = 0
+            self.snapshot_damaged = False
         result = self.store.take_snapshot(rebuild_tombstone_percent=rebuild_percent)
         assert (result is None) == (self.segments_since_snapshot == 0)
         if result is not None:
             assert result.entry.seq == self.last_seq
             assert result.entry.vectors == len(self.model)
+            self.segments_kept_for_fallback = self.segments_since_snapshot
             self.segments_since_snapshot = 0
         return result
 
@@ -166,6 +184,17 @@ class IndexMachine(RuleBasedStateMachine):
         if result is not None and rebuild_percent == 0.0:
             assert result.entry.tombstones == 0
 
+    @precondition(
+        lambda self: self.index is not None
+        and not self.index.snapshot_damaged
+        and read_manifest(self.index.root).previous_snapshot is not None
+    )
+    @rule()
+    def damage_snapshot(self):
+        """A fresh reader serves the previous snapshot plus the segments after it: the same rows."""
+        self.index.damage_snapshot()
+        self.reader = IndexReader(self.index.root)
+
     @rule()
     def restart(self):
         """New objects over the same directory: nothing may live only in memory."""
@@ -183,7 +212,8 @@ class IndexMachine(RuleBasedStateMachine):
             stats = read_stats(self.index.root)
             assert stats.last_seq == self.index.last_seq
             assert stats.segments == self.index.segments_since_snapshot
-            assert stats.files <= 6 + stats.segments  # manifest, lock, 2 snapshots x 2 files (I7)
+            # manifest, lock, 2 snapshots x 2 files, the segments after each of them (I7)
+            assert stats.files <= 6 + stats.segments + self.index.segments_kept_for_fallback
 
     def teardown(self):
         shutil.rmtree(self.tmp, ignore_errors=True)

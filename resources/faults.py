@@ -1,0 +1,60 @@
+"""Test-only crash points: ``QUIVER_KILL_AT=<point>`` makes the process SIGKILL itself there.
+
+The crash matrix (tests/crash/) runs the real writers in a subprocess with this variable set, so
+every kill lands at a named place in the write path instead of at a timing guess. ``<point>@<n>``
+kills at the n-th time the point is reached (1-based), for points inside loops. Unset, a call
+costs one dictionary lookup. The points, in write order:
+
+    refresh.in_transaction      inside the DuckDB transaction, after its writes, before COMMIT
+    refresh.after_commit        after DuckDB's COMMIT, before any segment exists
+    segment.mid_write           the segment's temp file holds a row group but no footer
+    segment.before_rename       the segment's temp file is complete and fsynced, not renamed
+    segment.before_dir_fsync    the segment is renamed into place, its directory not yet fsynced
+    snapshot.mid_write          the snapshot's temp directory holds the index file but no rows file
+    snapshot.before_rename      the snapshot's temp directory is complete and fsynced, not renamed
+    snapshot.before_dir_fsync   the snapshot directory is renamed, its parent not yet fsynced
+    snapshot.before_manifest    the snapshot directory is published, the manifest does not name it
+    manifest.before_rename      the new manifest's temp file is written and fsynced, not renamed
+    manifest.before_dir_fsync   the new manifest is renamed into place, the directory not fsynced
+    snapshot.before_cleanup     the manifest names the new snapshot; covered files not yet removed
+    snapshot.mid_cleanup        the first covered file is removed, the rest not
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "QUIVER_KILL_AT"
+REFRESH_POINTS = (
+    "refresh.in_transaction",
+    "refresh.after_commit",
+    "segment.mid_write",
+    "segment.before_rename",
+    "segment.before_dir_fsync",
+)
+SNAPSHOT_POINTS = (
+    "snapshot.mid_write",
+    "snapshot.before_rename",
+    "snapshot.before_dir_fsync",
+    "snapshot.before_manifest",
+    "manifest.before_rename",
+    "manifest.before_dir_fsync",
+    "snapshot.before_cleanup",
+    "snapshot.mid_cleanup",
+)
+POINTS = REFRESH_POINTS + SNAPSHOT_POINTS
+_hits: dict[str, int] = {}
+
+
+def kill_point(name: str) -> None:
+    """SIGKILL this process if ``QUIVER_KILL_AT`` names this point (and this is the n-th hit)."""
+    wanted = os.environ.get(ENV)
+    if not wanted:
+        return
+    point, _, nth = wanted.partition("@")
+    if point != name:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] >= int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
