@@ -48,7 +48,12 @@ class _State:
     delta_index: object  # usearch index of the delta's upserts
     delta_rows: pa.Table | None  # the delta's upserts without vectors, ascending by key
     shadowed: np.ndarray  # snapshot keys deleted or superseded by the delta, ascending
-    problems: tuple[str, ...] = ()
+    snapshot_problem: str | None = None  # why the previous snapshot is served, if it is
+    log_problem: str | None = None  # what ended the run of segments early, if anything
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return tuple(p for p in (self.snapshot_problem, self.log_problem) if p)
 
     @property
     def live_vectors(self) -> int:
@@ -161,9 +166,9 @@ class IndexReader:
         stat = _manifest_stat(self.root)
         if current is None or stat != current.manifest_stat:
             manifest = read_manifest(self.root)
-            snap, base_seq, problems = self._open_snapshot(manifest, stat)
+            snap, base_seq, snapshot_problem = self._open_snapshot(manifest, stat)
             snap_keys = snap.rows.column(KEY).to_numpy() if snap else np.empty(0, dtype=np.uint64)
-            state = self._with_delta(manifest, stat, snap, base_seq, snap_keys, problems)
+            state = self._with_delta(manifest, stat, snap, base_seq, snap_keys, snapshot_problem)
         else:
             names = self._chain_after(current.base_seq)
             if names == current.segment_names:
@@ -174,7 +179,7 @@ class IndexReader:
                 current.snap,
                 current.base_seq,
                 current.snap_keys,
-                self._snapshot_problems(current),
+                current.snapshot_problem,
             )
         if current is not None and state.served_seq < current.served_seq:
             self._refresh_problem = (
@@ -188,22 +193,16 @@ class IndexReader:
             log.error("%s: %s", self.root, problem)
         return True
 
-    @staticmethod
-    def _snapshot_problems(state: _State) -> tuple[str, ...]:
-        return tuple(p for p in state.problems if p.startswith("snapshot"))
-
-    def _open_snapshot(
-        self, manifest: Manifest, stat: tuple
-    ) -> tuple[snapshot.SnapshotData | None, int, tuple[str, ...]]:
-        """The manifest's snapshot, or the previous one when it is damaged: (data, seq, problems)."""
+    def _open_snapshot(self, manifest: Manifest, stat: tuple) -> tuple[snapshot.SnapshotData | None, int, str | None]:
+        """The manifest's snapshot, or the previous one when it is damaged: (data, seq, why)."""
         entry = manifest.snapshot
         if entry is None:
-            return None, 0, ()
+            return None, 0, None
         try:
             return (
                 snapshot.open_snapshot(self.root, entry, manifest.identity, view=True, verify=self.verify),
                 entry.seq,
-                (),
+                None,
             )
         except CorruptFileError as error:
             if _manifest_stat(self.root) != stat:
@@ -224,7 +223,7 @@ class IndexReader:
             return (
                 fallback,
                 previous.seq,
-                (f"snapshot {entry.dir} is damaged ({error}); serving {previous.dir} and the segments after it",),
+                f"snapshot {entry.dir} is damaged ({error}); serving {previous.dir} and the segments after it",
             )
 
     def _chain_after(self, base_seq: int) -> tuple[str, ...]:
@@ -237,11 +236,10 @@ class IndexReader:
         snap,
         base_seq: int,
         snap_keys: np.ndarray,
-        problems: tuple[str, ...],
+        snapshot_problem: str | None,
     ) -> _State:
         records, chain = commitlog.read_chain(commitlog.list_segments(self.root), base_seq, manifest.identity)
-        if chain.problem is not None:
-            problems = (*problems, f"log: {chain.problem}; serving the segments before it")
+        log_problem = f"log: {chain.problem}; serving the segments before it" if chain.problem else None
         served_seq = chain.last if chain.last is not None else base_seq
         if served_seq < manifest.snapshot_seq:
             raise SnapshotUnrecoverableError(
@@ -271,7 +269,8 @@ class IndexReader:
             delta_index=delta_index,
             delta_rows=delta_rows,
             shadowed=shadowed,
-            problems=problems,
+            snapshot_problem=snapshot_problem,
+            log_problem=log_problem,
         )
 
     # -- search ------------------------------------------------------------------------------

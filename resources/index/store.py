@@ -89,10 +89,6 @@ class Recovery:
     segments_removed: int = 0
     needs_rebuild: bool = False  # only a rebuild from DuckDB can restore the directory
 
-    @property
-    def clean(self) -> bool:
-        return not self.problems
-
 
 def read_stats(root: Path, now: float | None = None) -> LogStats:
     """Log and snapshot statistics from the manifest and a directory listing only."""

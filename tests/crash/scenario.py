@@ -224,10 +224,6 @@ def assert_same_state(got: dict, want: dict, what: str) -> None:
         np.testing.assert_array_equal(got[key][2], vector, err_msg=f"{what}: key {key}")
 
 
-def source_state(source: Source) -> dict[int, tuple[str, str]]:
-    return dict(source.rows)
-
-
 def files_with_checksums(root: Path) -> dict[str, bytes]:
     """Every published file under ``root`` (not the lock) -> its bytes' digest."""
     out = {}

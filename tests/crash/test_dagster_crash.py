@@ -17,8 +17,7 @@ import pytest
 from pipelines.definitions import DUCKDB_FILE
 from resources.index.files import TEMP_MARKER
 from tests.conftest import ROOT, dataset_entry, write_spec
-from tests.crash.dagster_run import materialize_all
-from tests.dagster.helpers import duckdb_state, index_state, metadata_of
+from tests.dagster.helpers import duckdb_state, index_state, materialize_all, metadata_of
 
 
 @pytest.mark.parametrize("point", ["refresh.after_commit", "snapshot.before_cleanup"])

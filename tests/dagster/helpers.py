@@ -1,4 +1,5 @@
-"""Reading state back for assertions: the DuckDB table and the index directory, as plain dicts."""
+"""Running every asset of a spec, and reading state back for assertions: the DuckDB table and the
+index directory, as plain dicts."""
 
 from __future__ import annotations
 
@@ -6,10 +7,21 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+from dagster import DagsterInstance, materialize
 from usearch.index import Index
 
+from assets import dataset_assets
+from pipelines.definitions import build_resources
+from pipelines.spec import load_spec
 from resources.index import commitlog
 from resources.index.manifest import read_manifest
+
+
+def materialize_all(spec_path: Path, home: Path, instance=None):
+    """Materialize every asset of the spec at ``spec_path`` in this process (an ephemeral instance by default)."""
+    spec = load_spec(spec_path)
+    assets = [asset for dataset in spec.datasets for asset in dataset_assets(dataset)]
+    return materialize(assets, resources=build_resources(spec, home), instance=instance or DagsterInstance.ephemeral())
 
 
 def metadata_of(result, key: list[str]) -> dict:
@@ -26,7 +38,7 @@ def duckdb_state(database: Path, dataset: str) -> dict:
     conn = duckdb.connect(str(database), read_only=True)
     try:
         rows = conn.execute(
-            f'SELECT _key, _vector, pkg_id, * EXCLUDE (_key, _vector, pkg_id, _seq, _content_hash, _served_hash) '
+            f"SELECT _key, _vector, pkg_id, * EXCLUDE (_key, _vector, pkg_id, _seq, _content_hash, _served_hash) "
             f'FROM "{dataset}_embeddings"'
         ).fetchall()
     finally:

@@ -7,17 +7,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from dagster import AssetKey, DagsterInstance, Definitions, materialize
+from dagster import AssetKey, Definitions
 
-from assets import dataset_assets
-from pipelines.definitions import DUCKDB_FILE, build_definitions, build_resources
+from pipelines.definitions import DUCKDB_FILE, build_definitions
 from pipelines.query import search
 from pipelines.spec import load_spec
 from resources.index import IndexReader
 from resources.index.commitlog import list_segments
 from resources.searcher import SearchError, UnknownDatasetError
 from tests.conftest import dataset_entry, write_spec
-from tests.dagster.helpers import duckdb_state, index_state, metadata_of
+from tests.dagster.helpers import duckdb_state, index_state, materialize_all, metadata_of
 
 
 @pytest.fixture()
@@ -33,9 +32,7 @@ def project(tmp_path, sample_table, monkeypatch):
 
 
 def run_all(spec_path, home, instance=None):
-    spec = load_spec(spec_path)
-    assets = [a for d in spec.datasets for a in dataset_assets(d)]
-    result = materialize(assets, resources=build_resources(spec, home), instance=instance or DagsterInstance.ephemeral())
+    result = materialize_all(spec_path, home, instance)
     assert result.success
     return result
 
