@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(QUIVER_HOME)/dagster
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-slow dev bench bench-refresh bench-churn bench-write-cost clean
+.PHONY: install demo test test-slow dev bench bench-pipeline bench-refresh bench-churn bench-write-cost bench-freshness bench-serving bench-embedding clean
 
 # torch first, pinned: on these machines 2.13.0 is a local CPU wheel; an unpinned torch would pull
 # several GB of CUDA packages. Then the lock file, then the project itself (editable, no deps).
@@ -23,9 +23,12 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)
 
+# The instance storage is created here, once: a first `dagster dev` would otherwise have its daemon
+# and code server race to create the same SQLite files.
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
+	$(BIN)/dagster instance migrate > /dev/null
 
 # Materialize every asset of the spec through Dagster (rows, embeddings, commit log, snapshot),
 # then query the index.
@@ -45,7 +48,19 @@ test-slow: install
 dev: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster dev -w workspace.yaml
 
-bench: install
+# quiver vs DuckDB's vss extension vs raw usearch, one table (BENCH_SIZE=small|medium|large).
+# vss runs in its own venv with its own DuckDB, pinned; the extension comes from the package (no network).
+PEERS := .venv-peers
+$(PEERS)/.installed:
+	test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet duckdb==1.5.5 duckdb-extension-vss==1.5.5 numpy==2.4.6 pyarrow==26.0.1
+	touch $@
+
+bench: install $(PEERS)/.installed
+	BENCH_SIZE=$${BENCH_SIZE:-small} $(BIN)/python tests/benchmarks/bench_vs_vss.py
+
+# The earlier pipeline benchmark: the demo dataset through Dagster (embedding rows/s, stage times).
+bench-pipeline: install
 	$(BIN)/python tests/benchmarks/bench_pipeline.py
 
 # A first build of ../shared/data/debian_packages.parquet, then a refresh after 1% churn
@@ -62,5 +77,27 @@ bench-churn: install
 bench-write-cost: install
 	$(BIN)/python tests/benchmarks/bench_write_cost.py
 
+# Cold start, query latency and recall against raw usearch, filters, at 1M vectors (the index is
+# built once under $(QUIVER_HOME)/bench; BENCH_SERVING_SIZE=100000 for a quicker run).
+bench-serving: install
+	$(BIN)/python tests/benchmarks/bench_serving.py
+
+# From a source file landing to its rows being searchable, with the real daemon and the default
+# sensor interval (BENCH_FRESHNESS_TRIALS, BENCH_FRESHNESS_ROWS).
+bench-freshness: install
+	$(BIN)/python tests/benchmarks/bench_freshness.py
+
+# Rows/s of each embedding path (sentence-transformers default, torch and ONNX token-sorted, ONNX
+# int8) at 1 and 2 threads on short and long texts, load times, fidelity against torch fp32, and the
+# embeddings asset's reported rows/s (BENCH_SHORT, BENCH_LONG, BENCH_REPEATS, BENCH_THREADS).
+bench-embedding: install
+	$(BIN)/python tests/benchmarks/bench_embedding.py
+
 clean:
 	rm -rf $(QUIVER_HOME) .pytest_cache .hypothesis
+
+# The README's chart (docs/recall_vs_ef_search.png): the demo dataset materialized into a temporary
+# home with every asset check and the evaluation asset (recall@10 and latency against ef_search).
+.PHONY: chart
+chart: install
+	$(BIN)/python tests/benchmarks/recall_chart.py

@@ -10,8 +10,9 @@ from pydantic import Field
 
 from assets.naming import key, layout, tags
 from pipelines.spec import DatasetSpec
-from resources import warehouse
+from resources import health, warehouse
 from resources.dagster_resources import WRITER_POOL, EmbedderResource, open_connection
+from resources.embed_progress import ProgressLog
 
 
 class EmbeddingsConfig(dg.Config):
@@ -52,7 +53,7 @@ class _Stages:
 
 def embeddings_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     table = layout(spec)
-    model_name = spec.embeddings.model
+    model_name = spec.embeddings.identity  # "+int8" when quantized: another model, other vectors
 
     @dg.asset(
         key=key(spec, "embeddings"),
@@ -80,10 +81,12 @@ def embeddings_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         with open_connection(duckdb) as conn:
             committed = warehouse.commit_changes(conn, table, plan, vectors)
             row_count = warehouse.embedded_count(conn, table)
+            dim = warehouse.vector_dim(conn, table) or 0
         clock.lap("commit")
         summary = warehouse.describe_refresh(plan, committed)
         context.log.info("%s: %s", spec.name, summary)
-        return dg.MaterializeResult(metadata=_metadata(plan, committed, row_count, clock, summary))
+        metadata = _metadata(plan, committed, row_count, clock, summary) | _observed(spec, plan, row_count, dim, duckdb)
+        return dg.MaterializeResult(metadata=metadata)
 
     return embeddings
 
@@ -95,10 +98,13 @@ def _embed(
     if not texts:
         clock.lap("embed")
         return np.empty((0, 0), dtype=np.float32)
-    model = embedder.get(spec.embeddings.model)
+    model = embedder.get(spec.embeddings.identity)
     warehouse.require_dimension(layout(spec), plan, model.dim, fix=rebuild_fix(spec))  # before hours of work
     clock.lap(None)  # loading the model is not embedding
-    vectors = model.embed(texts, progress=lambda done, total: context.log.info("%s: embedded %d/%d", spec.name, done, total))
+    context.log.info(
+        "%s: embedding %d rows with %s (%s, %d threads)", spec.name, len(texts), model.model, model.backend, model.threads
+    )
+    vectors = model.embed(texts, progress=ProgressLog(lambda line: context.log.info("%s: %s", spec.name, line)))
     clock.lap("embed")
     return vectors
 
@@ -126,4 +132,14 @@ def _metadata(plan: warehouse.ChangePlan, committed: warehouse.CommitResult | No
         "seconds": round(time.perf_counter() - clock.started, 3),
         "seq_first": committed.first_seq if committed else 0,
         "seq_last": committed.last_seq if committed else plan.base_seq,
+    }
+
+
+def _observed(spec: DatasetSpec, plan: warehouse.ChangePlan, row_count: int, dim: int, duckdb: DuckDBResource) -> dict:
+    """Bytes on disk against the raw vectors, and a five-row preview of what this refresh changed."""
+    return {
+        "vector_dim": dg.MetadataValue.int(dim),
+        "raw_vector_bytes": dg.MetadataValue.int(health.raw_vector_bytes(row_count, dim)),
+        "duckdb_file_bytes": dg.MetadataValue.int(health.duckdb_bytes(duckdb.database)),
+        "preview": dg.MetadataValue.md(health.change_preview_md(plan, spec.primary_key)),
     }

@@ -7,7 +7,7 @@ from dagster_duckdb import DuckDBResource
 
 from assets.naming import key, layout, tags
 from pipelines.spec import DatasetSpec
-from resources import warehouse
+from resources import health, warehouse
 from resources.dagster_resources import WRITER_POOL, open_connection
 
 
@@ -31,11 +31,14 @@ def rows_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             loaded = warehouse.load_source(conn, table, files, time_column=spec.time_column)
         context.log.info("%s: read %d rows from %d files", spec.name, loaded.rows_read, len(files))
         metadata = {
-            "dagster/row_count": loaded.rows_in_table,
-            "rows_read": loaded.rows_read,
-            "source_files": len(files),
+            "dagster/row_count": dg.MetadataValue.int(loaded.rows_in_table),
+            "rows_read": dg.MetadataValue.int(loaded.rows_read),
+            "source_files": dg.MetadataValue.int(len(files)),
+            "source_bytes": dg.MetadataValue.int(sum(health.path_bytes(f) for f in files)),
+            "duckdb_file_bytes": dg.MetadataValue.int(health.duckdb_bytes(duckdb.database)),
+            "duckdb_file": dg.MetadataValue.path(duckdb.database),
             "columns": ", ".join(loaded.columns),
-            "seconds": round(time.perf_counter() - started, 3),
+            "seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 3)),
         }
         if spec.time_column:  # append mode: the next refresh reads only rows above this
             metadata["time_watermark"] = _number_or_text(loaded.watermark)

@@ -10,27 +10,32 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from assets import dataset_assets
+from assets import dataset_assets, dataset_checks, evaluation_asset
+from assets.neighbours import neighbours_asset
 from pipelines.jobs import refresh_job, snapshot_job
 from pipelines.schedules import refresh_schedule
 from pipelines.spec import QuiverSpec, default_home, load_spec
 from resources.dagster_resources import EmbedderResource, IndexResource, SearchResource
 from sensors.snapshot_sensor import snapshot_sensor
+from sensors.source_sensor import source_sensor
 
 DUCKDB_FILE = "quiver.duckdb"
 
 
 def build_definitions(spec: QuiverSpec, home: Path) -> dg.Definitions:
-    assets, jobs, schedules, sensors = [], [], [], []
+    assets, checks, jobs, schedules, sensors = [], [], [], [], []
     for dataset in spec.datasets:
-        assets += dataset_assets(dataset)
+        assets += [*dataset_assets(dataset), evaluation_asset(dataset)]  # evaluation: on demand, in no job
+        assets.append(neighbours_asset(dataset))  # an example user of the search resource; on demand, in no job
+        checks += dataset_checks(dataset)
         refresh, snapshot = refresh_job(dataset), snapshot_job(dataset)
         jobs += [refresh, snapshot]
-        sensors.append(snapshot_sensor(dataset, home, snapshot))
+        sensors += [source_sensor(dataset, home, refresh), snapshot_sensor(dataset, home, snapshot)]
         if schedule := refresh_schedule(dataset, refresh):
             schedules.append(schedule)
     return dg.Definitions(
         assets=assets,
+        asset_checks=checks,
         jobs=jobs,
         schedules=schedules,
         sensors=sensors,

@@ -1,4 +1,5 @@
-"""The Python query helper: ``search(dataset, text_or_vector, k=10, columns=None)``.
+"""The Python query helpers: ``search(dataset, text_or_vector, k=10, columns=None, where=None,
+ef_search=None)`` and ``search_batch(dataset, queries, ...)`` for many queries at once.
 
 It honours ``QUIVER_DATASETS`` and ``QUIVER_HOME`` at each call, and keeps one ``Searcher`` per
 (spec, home) for the life of the process, so the model loads and each index opens only once.
@@ -33,11 +34,26 @@ def search(
     text_or_vector: str | Sequence[float] | np.ndarray,
     k: int = 10,
     columns: Sequence[str] | None = None,
+    where: str | None = None,
     ef_search: int | None = None,
 ) -> pa.Table:
     """Top ``k`` rows of ``dataset`` for a text (embedded with the dataset's model) or a vector.
 
     Returns a pyarrow Table, best first: the primary key under its own name, ``score`` (higher is
-    better), ``distance``, and the served columns (all of them, or ``columns``).
+    better), ``distance``, and the served columns (all of them, or ``columns``). ``where``: a SQL
+    predicate over the served columns; the result is the top ``min(k, matching rows)``.
     """
-    return searcher().search(dataset, text_or_vector, k=k, columns=columns, ef_search=ef_search)
+    return searcher().search(dataset, text_or_vector, k=k, columns=columns, where=where, ef_search=ef_search)
+
+
+def search_batch(
+    dataset: str,
+    queries: Sequence[str] | Sequence[Sequence[float]] | np.ndarray,
+    k: int = 10,
+    columns: Sequence[str] | None = None,
+    where: str | None = None,
+    ef_search: int | None = None,
+) -> pa.Table:
+    """``search`` for many queries at once: one Table with ``query`` (the position in ``queries``)
+    first; texts are embedded in one batch."""
+    return searcher().search_batch(dataset, queries, k=k, columns=columns, where=where, ef_search=ef_search)

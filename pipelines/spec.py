@@ -30,8 +30,13 @@ default ``.quiver/`` at the project root)::
 Optional keys besides those above: ``time_column`` (only with ``refresh_mode: append``),
 ``refresh_cron`` (5-field cron), ``embeddings.separator`` (joins several columns, default a
 newline), ``snapshots.rebuild_tombstone_percent`` (deleted/present above it makes the next
-snapshot a full rebuild; default 20). ``from`` may carry Spice's ``file:`` / ``file://`` prefix;
-a relative path is resolved against the directory of the spec file.
+snapshot a full rebuild; default 20), ``embeddings.quantize`` (``int8``: embed with a dynamically
+quantized ONNX model that must pass a fidelity gate; a different model identity, so switching it
+needs a full rebuild; default off). ``from`` may carry Spice's ``file:`` / ``file://`` prefix;
+a relative path is resolved against the directory of the spec file. ``checks`` sets the bounds of
+the index's asset checks: ``recall_at_10_min`` (below it the check fails and blocks the snapshot;
+default 0.95), ``recall_at_10_warn`` (below it a warning; default 0.98) and ``sample`` (rows used
+as queries; default 300).
 
 Unknown keys, bad values and missing keys raise :class:`SpecError`, one line per problem, each
 naming the dataset, the key, the bad value and the allowed values. Names that end up in SQL
@@ -61,6 +66,7 @@ from pydantic import (
 METRICS = ("cosine", "l2", "inner_product")
 DTYPES = ("f32", "f16", "bf16", "i8")
 REFRESH_MODES = ("full", "append")
+QUANTIZATIONS = ("int8",)  # embeddings.quantize; off when unset
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 RESERVED_COLUMNS = frozenset({"_key", "_seq", "_op", "_vector", "_content_hash", "_served_hash"})
 ENV_DATASETS, ENV_HOME = "QUIVER_DATASETS", "QUIVER_HOME"
@@ -191,6 +197,19 @@ class EmbeddingsSpec(_Model):
     columns: Columns
     model: Annotated[str, Field(strict=True, min_length=1)] = DEFAULT_MODEL
     separator: Annotated[str, Field(strict=True)] = "\n"
+    quantize: str | None = None  # int8: dynamically quantized ONNX model, a different model identity
+
+    @field_validator("quantize", mode="before")
+    @classmethod
+    def _quantize(cls, value: Any) -> str | None:
+        if value is None:
+            return None
+        return _choice(value, {q: q for q in QUANTIZATIONS}, QUANTIZATIONS)
+
+    @property
+    def identity(self) -> str:
+        """The model identity the index records: ``model``, plus ``+int8`` when quantized."""
+        return f"{self.model}+{self.quantize}" if self.quantize else self.model
 
     @model_validator(mode="before")
     @classmethod
@@ -256,6 +275,26 @@ class SnapshotsSpec(_Model):
     rebuild_tombstone_percent: _NonNegFloat = 20.0
 
 
+_Fraction = Annotated[float, Field(strict=True, ge=0, le=1)]
+
+
+class ChecksSpec(_Model):
+    """Bounds of the asset checks: recall@10 of the HNSW index against exact search on a sample."""
+
+    recall_at_10_min: _Fraction = 0.95  # below: the check fails (ERROR) and blocks the snapshot
+    recall_at_10_warn: _Fraction = 0.98  # below: the check fails as a WARN only
+    sample: Annotated[int, Field(strict=True, ge=1, le=100_000)] = 300  # rows used as queries
+
+    @model_validator(mode="after")
+    def _warn_above_min(self) -> ChecksSpec:
+        if self.recall_at_10_warn < self.recall_at_10_min:
+            raise ValueError(
+                f"recall_at_10_warn ({self.recall_at_10_warn}) is below recall_at_10_min ({self.recall_at_10_min}); "
+                "the warning bound must be at least the failing bound"
+            )
+        return self
+
+
 class DatasetSpec(_Model):
     """One dataset: a Parquet source, its key, what is served and how it is embedded."""
 
@@ -271,6 +310,7 @@ class DatasetSpec(_Model):
     embeddings: EmbeddingsSpec
     vectors: VectorsSpec = VectorsSpec()
     snapshots: SnapshotsSpec = SnapshotsSpec()
+    checks: ChecksSpec = ChecksSpec()
     refresh_cron: Annotated[str, Field(strict=True)] | None = None
 
     @model_validator(mode="before")
@@ -414,7 +454,7 @@ def parse_spec(data: Any, base_dir: Path, path: Path | None = None) -> QuiverSpe
         raise SpecError("\n  ".join([head + ":", *problems]), problems) from None
 
 
-_NESTED = {"embeddings": EmbeddingsSpec, "vectors": VectorsSpec, "snapshots": SnapshotsSpec}
+_NESTED = {"embeddings": EmbeddingsSpec, "vectors": VectorsSpec, "snapshots": SnapshotsSpec, "checks": ChecksSpec}
 
 
 def _problem(err: dict[str, Any], raw: list[Any]) -> str:

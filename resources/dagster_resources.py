@@ -35,12 +35,19 @@ def open_connection(resource: DuckDBResource) -> Iterator[duckdb.DuckDBPyConnect
 
 
 class EmbedderResource(ConfigurableResource):
-    """sentence-transformers models, loaded offline on first use; ``device`` None picks CUDA if present."""
+    """Embedding models, loaded offline on first use (see ``resources.embedding``).
+
+    ``backend``: auto (ONNX Runtime on CPU, torch when a CUDA GPU is present), onnx or torch; unset
+    reads ``$QUIVER_EMBED_BACKEND``. ``threads``: unset reads ``$QUIVER_EMBED_THREADS``, else every
+    CPU the process may run on; never more. ``device`` None picks CUDA if present.
+    """
 
     device: str | None = None
+    backend: str | None = None
+    threads: int | None = None
 
     def get(self, model: str) -> Embedder:
-        return get_embedder(model, self.device)
+        return get_embedder(model, self.device, backend=self.backend, threads=self.threads)
 
 
 class IndexResource(ConfigurableResource):
@@ -56,7 +63,7 @@ class IndexResource(ConfigurableResource):
         return IndexStore(
             self.root(spec.name),
             dataset=spec.name,
-            identity=IndexIdentity(dim=dim, metric=vectors.metric, dtype=vectors.dtype, model=spec.embeddings.model),
+            identity=IndexIdentity(dim=dim, metric=vectors.metric, dtype=vectors.dtype, model=spec.embeddings.identity),
             params=HnswParams(m=vectors.m, ef_construction=vectors.ef_construction, ef_search=vectors.ef_search),
             primary_key=spec.primary_key,
         )
@@ -75,5 +82,24 @@ class SearchResource(ConfigurableResource):
             self._searcher = Searcher(Path(self.home), self.datasets, self.device)
         return self._searcher
 
-    def search(self, dataset: str, query, k: int = 10, columns: list[str] | None = None) -> pa.Table:
-        return self.searcher().search(dataset, query, k=k, columns=columns)
+    def search(
+        self,
+        dataset: str,
+        query,
+        k: int = 10,
+        columns: list[str] | None = None,
+        where: str | None = None,
+        ef_search: int | None = None,
+    ) -> pa.Table:
+        return self.searcher().search(dataset, query, k=k, columns=columns, where=where, ef_search=ef_search)
+
+    def search_batch(
+        self,
+        dataset: str,
+        queries,
+        k: int = 10,
+        columns: list[str] | None = None,
+        where: str | None = None,
+        ef_search: int | None = None,
+    ) -> pa.Table:
+        return self.searcher().search_batch(dataset, queries, k=k, columns=columns, where=where, ef_search=ef_search)

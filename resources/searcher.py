@@ -18,6 +18,7 @@ from resources.embedding import get_embedder
 from resources.index import IndexReader
 from resources.index.errors import IndexNotBuiltError
 from resources.index.manifest import manifest_path
+from resources.index.row_filter import FilterError
 
 
 class SearchError(ValueError):
@@ -60,34 +61,101 @@ class Searcher:
             raise SearchError(f"dataset {dataset!r}: the query text is empty; pass some words or a vector")
         return get_embedder(reader.identity.model, self.device).embed([text])[0]
 
+    def query_vectors(self, dataset: str, queries: Sequence) -> np.ndarray:
+        """Texts (embedded in one batch with the dataset's model) or vectors -> a (n, dim) float32 matrix."""
+        reader = self.reader(dataset)
+        dim = reader.identity.dim
+        if isinstance(queries, np.ndarray) and queries.ndim == 2:
+            matrix = queries.astype(np.float32, copy=False)
+        elif all(isinstance(q, str) for q in queries):
+            empty = [i for i, q in enumerate(queries) if not q.strip()]
+            if empty:
+                raise SearchError(f"dataset {dataset!r}: query {empty[0]} is empty text; pass some words or a vector")
+            model = get_embedder(reader.identity.model, self.device)
+            return model.embed(list(queries)) if queries else np.empty((0, dim), np.float32)
+        elif any(isinstance(q, str) for q in queries):
+            raise SearchError(f"dataset {dataset!r}: a batch is either all texts or all vectors, not both")
+        else:
+            rows = [np.asarray(q, dtype=np.float32).reshape(-1) for q in queries]
+            bad = [i for i, r in enumerate(rows) if r.shape[0] != dim]
+            if bad:
+                raise SearchError(
+                    f"dataset {dataset!r}: query vector {bad[0]} has {rows[bad[0]].shape[0]} dimensions, the index "
+                    f"holds {dim}-dimensional vectors of model {reader.identity.model!r}"
+                )
+            matrix = np.stack(rows) if rows else np.empty((0, dim), np.float32)
+        if matrix.shape[1] != dim:
+            raise SearchError(
+                f"dataset {dataset!r}: the query vectors have {matrix.shape[1]} dimensions, the index holds "
+                f"{dim}-dimensional vectors of model {reader.identity.model!r}"
+            )
+        if not np.all(np.isfinite(matrix)):
+            raise SearchError(f"dataset {dataset!r}: a query vector has NaN or infinite values")
+        return matrix
+
+    def _check(self, reader: IndexReader, dataset: str, k, columns, ef_search=None) -> list[str] | None:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+            raise SearchError(f"k must be a positive integer, got {k!r}")
+        if ef_search is not None and (
+            isinstance(ef_search, bool) or not isinstance(ef_search, (int, np.integer)) or ef_search <= 0
+        ):
+            raise SearchError(f"ef_search must be a positive integer (or left out for the spec's), got {ef_search!r}")
+        if columns is None:
+            return None
+        unknown = [c for c in columns if c not in reader.served_columns]
+        if unknown:
+            raise SearchError(
+                f"dataset {dataset!r}: columns {unknown} are not served; served columns: "
+                f"{', '.join(reader.served_columns)}"
+            )
+        return list(columns)
+
     def search(
         self,
         dataset: str,
         query: str | Sequence[float] | np.ndarray,
         k: int = 10,
         columns: Sequence[str] | None = None,
+        where: str | None = None,
         ef_search: int | None = None,
     ) -> pa.Table:
-        """Best first: the primary key, ``score`` (higher is better), ``distance``, served columns."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-            raise SearchError(f"k must be a positive integer, got {k!r}")
+        """Best first: the primary key, ``score`` (higher is better), ``distance``, served columns.
+
+        ``where``: a SQL predicate over the served columns (``section = 'python' AND name LIKE
+        'py%'``); the result is then the top ``min(k, matching rows)``.
+        """
         reader = self.reader(dataset)
-        if isinstance(query, str):
-            vector = self.embed_query(dataset, query)
-        else:
-            vector = np.asarray(query, dtype=np.float32).reshape(-1)
-            if vector.shape[0] != reader.identity.dim:
-                raise SearchError(
-                    f"dataset {dataset!r}: the query vector has {vector.shape[0]} dimensions, the index "
-                    f"holds {reader.identity.dim}-dimensional vectors of model {reader.identity.model!r}"
-                )
-            if not np.all(np.isfinite(vector)):
-                raise SearchError(f"dataset {dataset!r}: the query vector has NaN or infinite values")
-        if columns is not None:
-            unknown = [c for c in columns if c not in reader.served_columns]
-            if unknown:
-                raise SearchError(
-                    f"dataset {dataset!r}: columns {unknown} are not served; served columns: "
-                    f"{', '.join(reader.served_columns)}"
-                )
-        return reader.search_rows(vector, int(k), list(columns) if columns is not None else None, ef_search)
+        columns = self._check(reader, dataset, k, columns, ef_search)
+        if isinstance(query, str) and not query.strip():
+            raise SearchError(f"dataset {dataset!r}: the query text is empty; pass some words or a vector")
+        vectors = self.query_vectors(dataset, [query] if isinstance(query, str) else [np.asarray(query).reshape(-1)])
+        try:
+            return reader.search_rows(vectors[0], int(k), columns, ef_search, where=where)
+        except FilterError as error:
+            raise SearchError(f"dataset {dataset!r}: {error}") from error
+
+    def search_batch(
+        self,
+        dataset: str,
+        queries: Sequence[str] | Sequence[Sequence[float]] | np.ndarray,
+        k: int = 10,
+        columns: Sequence[str] | None = None,
+        where: str | None = None,
+        ef_search: int | None = None,
+    ) -> pa.Table:
+        """Many queries at once (texts embedded in one batch): one Table, ``query`` (the position in
+        ``queries``) first, then what ``search`` returns, best first within each query."""
+        reader = self.reader(dataset)
+        columns = self._check(reader, dataset, k, columns, ef_search)
+        vectors = self.query_vectors(dataset, queries)
+        tables = []
+        for i, vector in enumerate(vectors):
+            try:
+                table = reader.search_rows(vector, int(k), columns, ef_search, where=where)
+            except FilterError as error:
+                raise SearchError(f"dataset {dataset!r}: {error}") from error
+            tables.append(table.add_column(0, "query", pa.array(np.full(table.num_rows, i, dtype=np.int32))))
+        if not tables:
+            empty = reader.search_rows(np.zeros(reader.identity.dim, np.float32), 1, columns, ef_search).slice(0, 0)
+            return empty.add_column(0, "query", pa.array([], pa.int32()))
+        return pa.concat_tables(tables)

@@ -1,46 +1,108 @@
-"""Per-dataset sensor that requests a snapshot run when ``snapshot_policy.decide`` says so."""
+"""Per-dataset sensor that requests a snapshot run when ``snapshot_policy.decide`` says so.
+
+Cursor (JSON): ``{"boot", "last_seq", "due", "outlook", "reason"}``: what the last tick saw and
+decided. ``boot`` names the code-location process that wrote it; a tick that finds another (or no)
+boot is the first since a (re)start, which is when ``on_startup`` applies. The run key is the log's
+last seq, so one threshold crossing gives one run, across ticks and daemon restarts alike.
+
+A snapshot publishes the graph that ``<ds>/index:recall_at_10`` measured, so while that check's
+latest evaluation failed with ERROR the sensor requests nothing and says why; the next refresh that
+passes it lets snapshots through again.
+"""
 
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import dagster as dg
 
+from assets.naming import key
 from pipelines.spec import DatasetSpec
 from resources.index import read_stats
 from resources.index.manifest import manifest_path
+from sensors.settings import sensor_interval_seconds
 from sensors.snapshot_policy import SnapshotPolicy, decide
+
+BOOT = uuid.uuid4().hex  # one per process that evaluates sensors
 
 
 def policy_for(spec: DatasetSpec) -> SnapshotPolicy:
     s = spec.snapshots
-    return SnapshotPolicy(s.enabled, s.interval_seconds, s.min_delta_commitlogs, s.min_delta_size_percent, s.on_startup)
+    return SnapshotPolicy(
+        s.enabled,
+        s.interval_seconds,
+        s.min_delta_commitlogs,
+        s.min_delta_size_percent,
+        s.on_startup,
+        s.rebuild_tombstone_percent,
+    )
 
 
-def snapshot_sensor(spec: DatasetSpec, home: Path, job: dg.JobDefinition) -> dg.SensorDefinition:
+def first_since_start(cursor: str | None) -> bool:
+    if not cursor:
+        return True
+    try:
+        return json.loads(cursor).get("boot") != BOOT
+    except (ValueError, AttributeError):  # a cursor someone set by hand: treat as a fresh start
+        return True
+
+
+def failed_recall(instance: dg.DagsterInstance, spec: DatasetSpec) -> str | None:
+    """Why the latest ``recall_at_10`` evaluation blocks snapshots, or None when it does not."""
+    check = dg.AssetCheckKey(key(spec, "index"), "recall_at_10")
+    record = instance.event_log_storage.get_latest_asset_check_execution_by_key([check]).get(check)
+    evaluation = record.evaluation if record is not None else None
+    if evaluation is None or evaluation.passed or evaluation.severity != dg.AssetCheckSeverity.ERROR:
+        return None
+    recall = evaluation.metadata.get("recall_at_10")
+    figure = f" ({recall.value:.3f})" if recall is not None and isinstance(recall.value, float) else ""
+    return (
+        f"{spec.name}: not snapshotting: the latest recall_at_10 check on {spec.name}/index failed{figure} in run "
+        f"{record.run_id[:8]}; a refresh whose check passes lets snapshots through again"
+    )
+
+
+def snapshot_sensor(spec: DatasetSpec, home: Path, job) -> dg.SensorDefinition:
     root = Path(home) / spec.name
     policy = policy_for(spec)
 
     @dg.sensor(
         name=f"{spec.name}_snapshot_sensor",
         job=job,
-        minimum_interval_seconds=60,
+        minimum_interval_seconds=sensor_interval_seconds("snapshot"),
         default_status=dg.DefaultSensorStatus.RUNNING if spec.snapshots.enabled else dg.DefaultSensorStatus.STOPPED,
-        description=f"Requests a snapshot of {spec.name!r} when the commit log crosses the spec's thresholds. "
-        "Reads only the manifest and the log directory listing.",
+        description=f"Requests a snapshot of {spec.name!r} when the commit log crosses the spec's thresholds "
+        "(snapshots block). Reads only the manifest, the log listing and segment footers; never DuckDB.",
     )
     def _sensor(context: dg.SensorEvaluationContext):
         if not manifest_path(root).exists():
-            return dg.SkipReason(f"{spec.name}: no index at {root} yet")
-        stats = read_stats(root)
-        decision = decide(stats, policy, first_evaluation=context.cursor is None)
-        cursor = json.dumps({"last_seq": stats.last_seq, "due": decision.due, "reason": decision.reason})
+            return dg.SkipReason(f"{spec.name}: no index at {root} yet; the refresh job builds it")
+        if blocked := failed_recall(context.instance, spec):
+            return dg.SkipReason(blocked)
+        stats = read_stats(root)  # damage or I/O errors fail the tick: they are real errors
+        decision = decide(stats, policy, first_evaluation=first_since_start(context.cursor))
+        cursor = json.dumps(
+            {
+                "boot": BOOT,
+                "last_seq": stats.last_seq,
+                "due": decision.due,
+                "outlook": decision.outlook,
+                "reason": decision.reason,
+            }
+        )
         if not decision.due:
             return dg.SensorResult(skip_reason=decision.reason, cursor=cursor)
-        return dg.SensorResult(
-            run_requests=[dg.RunRequest(run_key=f"{spec.name}:snapshot:{stats.last_seq}", tags={"dataset": spec.name})],
-            cursor=cursor,
+        context.log.info("%s: snapshot due: %s", spec.name, decision.reason)
+        request = dg.RunRequest(
+            run_key=f"{spec.name}:snapshot:{stats.last_seq}",
+            tags={
+                "dataset": spec.name,
+                "quiver/snapshot_outlook": decision.outlook,
+                "quiver/log_seq": str(stats.last_seq),
+            },
         )
+        return dg.SensorResult(run_requests=[request], cursor=cursor)
 
     return _sensor

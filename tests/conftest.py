@@ -14,6 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
+# One ONNX export of the model for the whole run, shared by every temporary home and subprocess
+# (daemon runs, CLI, crash writers) instead of one export per QUIVER_HOME.
+os.environ.setdefault("QUIVER_MODEL_CACHE", str(ROOT / ".quiver" / "models"))
 SAMPLE = ROOT / "data" / "debian_sample.parquet"
 
 

@@ -79,6 +79,23 @@ def list_segments(root: Path) -> list[SegmentRef]:
     return sorted(refs, key=lambda ref: ref.first)
 
 
+def count_records(refs: list[SegmentRef]) -> int | None:
+    """Records in ``refs`` from their Parquet footers alone (no data page is read).
+
+    None when a footer is unreadable (the damage is reported by the reader and repaired by the
+    next sync, not here); FileNotFoundError when a segment was removed meanwhile.
+    """
+    total = 0
+    for ref in refs:
+        try:
+            total += pq.read_metadata(ref.path).num_rows
+        except FileNotFoundError:
+            raise
+        except (OSError, pa.ArrowException):
+            return None
+    return total
+
+
 @dataclass(frozen=True)
 class Chain:
     """The segments that continue a seq without a gap, and what (if anything) breaks the run."""

@@ -1,10 +1,14 @@
 """The read side of one index directory: serves queries from the freshest published state.
 
 State = the manifest's snapshot, memory-mapped (start is near instant and the page cache is shared
-between processes), plus the segments after it folded into a small in-memory *delta*: a usearch
-index of the upserted vectors searched exactly, and the set of snapshot keys that the delta
-deletes or supersedes (*shadowed*). A query searches both, drops shadowed snapshot hits, and merges
-by distance. ``refresh`` is a stat of the manifest and a listing of ``log/``; it reloads only what
+between processes), plus the segments after it folded into a small in-memory *delta*: a matrix of
+the upserted vectors, searched exactly (SIMD brute force: no graph to build, so picking up a
+segment costs reading it), and the set of snapshot keys that the delta deletes or supersedes
+(*shadowed*). A delta of ``DELTA_GRAPH_ROWS`` rows or more also gets a graph once a process has
+scanned it ``DELTA_GRAPH_AFTER`` times (a service, not a one-shot command), built in a background
+thread; queries use it once it is ready and brute force until then. A query searches both, drops shadowed snapshot hits, and merges by distance.
+``where=`` filters evaluate a SQL predicate over the served rows (``row_filter``), then search only
+the matching keys: exactly when they are few, through the graph with oversampling when many. ``refresh`` is a stat of the manifest and a listing of ``log/``; it reloads only what
 changed. The reader never opens the DuckDB file and never writes.
 
 Damage never stops a reader that is serving, and the served state only moves forward:
@@ -19,7 +23,9 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +34,19 @@ import pyarrow as pa
 from resources.index import commitlog, snapshot
 from resources.index.commitlog import KEY, OP, SEQ, VECTOR
 from resources.index.errors import CorruptFileError, IndexNotBuiltError, SnapshotUnrecoverableError
-from resources.index.identity import IndexIdentity, new_usearch_index, scores_from_distances
+from resources.index.identity import USEARCH_METRIC, IndexIdentity, new_usearch_index, scores_from_distances
 from resources.index.manifest import Manifest, manifest_path, read_manifest
 
 log = logging.getLogger(__name__)
 
 _RELOAD_TRIES = 5
+# A filter matching at most this many keys is answered exactly; more are searched through the graph
+# with oversampling. Measured at 1M x 384 with 10,000 matching keys (1%): exact 32 ms (gathering
+# the vectors from the mapped index dominates), the graph 9 ms at recall@10 0.97.
+EXACT_FILTER_KEYS = 4_096
+# From this many delta rows a scan costs more than a graph search (about 1 ms a query at 4k x 384).
+DELTA_GRAPH_ROWS = 4_096
+DELTA_GRAPH_AFTER = 8  # scans of a large delta before its graph is built
 
 
 @dataclass
@@ -45,11 +58,47 @@ class _State:
     snap_keys: np.ndarray  # the snapshot rows' keys, ascending
     segment_names: tuple[str, ...]  # the run of segments applied after ``base_seq``
     served_seq: int  # every change up to here is served
-    delta_index: object  # usearch index of the delta's upserts
+    delta_keys: np.ndarray  # the delta's upserted keys, ascending
+    delta_vectors: np.ndarray  # their vectors (float32, one row per key), searched exactly
     delta_rows: pa.Table | None  # the delta's upserts without vectors, ascending by key
     shadowed: np.ndarray  # snapshot keys deleted or superseded by the delta, ascending
     snapshot_problem: str | None = None  # why the previous snapshot is served, if it is
     log_problem: str | None = None  # what ended the run of segments early, if anything
+    _filters: dict = field(default_factory=dict)
+    delta_graph: object = None  # the delta's HNSW graph once the background build finished
+    delta_scans: int = 0
+    _building: bool = False
+
+    def scanned_delta(self) -> None:
+        """Count a brute-force scan of a large delta; start the graph's build after a few.
+
+        The thread is not a daemon: an interpreter exiting mid-build waits for it (usearch must not
+        be torn down under a running add), and one-shot commands never start it.
+        """
+        self.delta_scans += 1
+        if self.delta_scans >= DELTA_GRAPH_AFTER and not self._building and len(self.delta_keys) >= DELTA_GRAPH_ROWS:
+            self._building = True
+            threading.Thread(target=self.build_delta_graph, name="quiver-delta-graph").start()
+
+    def build_delta_graph(self) -> None:
+        index = new_usearch_index(self.manifest.identity, self.manifest.hnsw)
+        if len(self.delta_keys):
+            index.add(self.delta_keys, self.delta_vectors, threads=1)  # leave the other cores to queries
+        self.delta_graph = index
+
+    @cached_property
+    def delta_index(self):
+        """The delta's graph, built now if the background has not: for checks that compare graphs."""
+        if self.delta_graph is None:
+            self.build_delta_graph()
+        return self.delta_graph
+
+    def row_filter(self, columns: list[str]):
+        from resources.index.row_filter import RowFilter
+
+        if "filter" not in self._filters:
+            self._filters["filter"] = RowFilter(self.snap.rows if self.snap else None, self.delta_rows, columns)
+        return self._filters["filter"]
 
     @property
     def problems(self) -> tuple[str, ...]:
@@ -248,7 +297,8 @@ class IndexReader:
                 "which rebuilds the directory from DuckDB"
             )
         folded = commitlog.fold(records)
-        delta_index = new_usearch_index(manifest.identity, manifest.hnsw)
+        delta_keys = np.empty(0, dtype=np.uint64)
+        delta_vectors = np.empty((0, manifest.identity.dim), dtype=np.float32)
         delta_rows = None
         shadowed = np.empty(0, dtype=np.uint64)
         if folded is not None:
@@ -256,7 +306,8 @@ class IndexReader:
             shadowed = changed[np.isin(changed, snap_keys)]
             added = commitlog.upserts(folded).sort_by(KEY)
             if added.num_rows:
-                delta_index.add(added.column(KEY).to_numpy(), commitlog.vectors_of(added, manifest.identity.dim))
+                delta_keys = added.column(KEY).to_numpy()
+                delta_vectors = np.ascontiguousarray(commitlog.vectors_of(added, manifest.identity.dim))
                 delta_rows = added.drop_columns([SEQ, OP, VECTOR])
         return _State(
             manifest=manifest,
@@ -266,7 +317,8 @@ class IndexReader:
             snap_keys=snap_keys,
             segment_names=tuple(ref.name for ref in chain.refs),
             served_seq=served_seq,
-            delta_index=delta_index,
+            delta_keys=delta_keys,
+            delta_vectors=delta_vectors,
             delta_rows=delta_rows,
             shadowed=shadowed,
             snapshot_problem=snapshot_problem,
@@ -274,30 +326,45 @@ class IndexReader:
         )
 
     # -- search ------------------------------------------------------------------------------
-    def search(self, vector: np.ndarray, k: int, ef_search: int | None = None, exact: bool = False) -> Hits:
+    def search(
+        self, vector: np.ndarray, k: int, ef_search: int | None = None, exact: bool = False, where: str | None = None
+    ) -> Hits:
         """The ``k`` nearest live keys to one vector (exactly ``min(k, live)`` of them).
 
         ``exact``: brute force over every live vector instead of the HNSW graph (the ground truth
-        for recall checks; linear in the index size).
+        for recall checks; linear in the index size). ``where``: only rows matching this SQL
+        predicate over the served columns (exactly ``min(k, matching)`` of them).
         """
         state = self.state
         vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        ef_search = ef_search or state.manifest.hnsw.ef_search
+        if where is not None:
+            return self._search_filtered(state, vector, k, ef_search, exact, where)
         keys, distances = [], []
         if state.snap is not None and len(state.snap.index):
-            snap_keys, snap_dist = self._search_snapshot(
-                state, vector, k, ef_search or state.manifest.hnsw.ef_search, exact
-            )
+            snap_keys, snap_dist = self._search_snapshot(state, vector, k, ef_search, exact)
             keys.append(snap_keys)
             distances.append(snap_dist)
-        if len(state.delta_index):
-            found = state.delta_index.search(vector, min(k, len(state.delta_index)), exact=True)
-            keys.append(np.asarray(found.keys, dtype=np.uint64))
-            distances.append(np.asarray(found.distances, dtype=np.float32))
-        if not keys:
-            return Hits(np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32))
-        all_keys, all_dist = np.concatenate(keys), np.concatenate(distances)
-        order = np.argsort(all_dist, kind="stable")[:k]
-        return Hits(all_keys[order], all_dist[order])
+        if len(state.delta_keys):
+            graph = state.delta_graph
+            if graph is not None and not exact:
+                graph.expansion_search = ef_search
+                found = graph.search(vector, min(k, len(state.delta_keys)))
+                keys.append(np.asarray(found.keys, dtype=np.uint64))
+                distances.append(np.asarray(found.distances, dtype=np.float32))
+            else:
+                keys_found, dist_found = self._brute_force(state, state.delta_keys, state.delta_vectors, vector, k)
+                keys.append(keys_found)
+                distances.append(dist_found)
+                if not exact:
+                    state.scanned_delta()
+        return _merge(keys, distances, k)
+
+    @property
+    def delta_graph_ready(self) -> bool:
+        """Whether queries use a graph for the delta (small deltas never need one)."""
+        state = self.state
+        return state.delta_graph is not None or len(state.delta_keys) < DELTA_GRAPH_ROWS
 
     @staticmethod
     def _search_snapshot(
@@ -309,13 +376,15 @@ class IndexReader:
         if wanted <= 0:
             return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
         index.expansion_search = ef_search
-        # Oversample by the shadowed keys (they can displace at most that many hits), then widen.
-        count = min(size, k + min(len(state.shadowed), 4 * k + 64))
+        # Oversample by twice the share of shadowed keys (the hits they are expected to displace),
+        # then widen x4 until enough live hits come back.
+        shadowed = state.shadowed
+        count = min(size, k + int(np.ceil(2 * k * len(shadowed) / size)) + (2 if len(shadowed) else 0))
         while True:
             found = index.search(vector, count, exact=exact)
             keys = np.asarray(found.keys, dtype=np.uint64)
             dist = np.asarray(found.distances, dtype=np.float32)
-            live = ~np.isin(keys, state.shadowed)
+            live = ~_contains(shadowed, keys)
             if live.sum() >= wanted or count >= size:
                 break
             count = min(size, count * 4)
@@ -323,8 +392,78 @@ class IndexReader:
             found = index.search(vector, size, exact=True)
             keys = np.asarray(found.keys, dtype=np.uint64)
             dist = np.asarray(found.distances, dtype=np.float32)
-            live = ~np.isin(keys, state.shadowed)
+            live = ~_contains(shadowed, keys)
         return keys[live][:k], dist[live][:k]
+
+    def vectors(self, keys: np.ndarray) -> np.ndarray:
+        """The served vectors of live ``keys`` (float32, one row per key, in the order given)."""
+        state = self.state
+        keys = np.asarray(keys, dtype=np.uint64)
+        out = np.empty((len(keys), state.manifest.identity.dim), dtype=np.float32)
+        at = np.searchsorted(state.delta_keys, keys).clip(max=max(0, len(state.delta_keys) - 1))
+        in_delta = state.delta_keys[at] == keys if len(state.delta_keys) else np.zeros(len(keys), dtype=bool)
+        out[in_delta] = state.delta_vectors[at[in_delta]]
+        if (~in_delta).any():
+            got = state.snap.index.get(keys[~in_delta], dtype=np.float32)
+            out[~in_delta] = np.vstack(got) if isinstance(got, tuple) else got
+        return out
+
+    @staticmethod
+    def _brute_force(state: _State, keys: np.ndarray, vectors: np.ndarray, vector: np.ndarray, k: int):
+        from usearch.index import search as exact_search
+
+        count = min(k, len(keys))
+        if count == 0:
+            return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
+        metric = USEARCH_METRIC[state.manifest.identity.metric]
+        found = exact_search(vectors, vector, count, metric, exact=True)
+        at = np.asarray(found.keys, dtype=np.int64)
+        return keys[at], np.asarray(found.distances, dtype=np.float32)
+
+    def _search_filtered(
+        self, state: _State, vector: np.ndarray, k: int, ef_search: int, exact: bool, where: str
+    ) -> Hits:
+        """Top ``k`` among the rows matching ``where``: exact over few matches, else the graph."""
+        pk = state.manifest.primary_key
+        snap_match, delta_match = state.row_filter([pk, *self.served_columns]).matching(where)
+        if len(state.shadowed) and len(snap_match):
+            snap_match = snap_match[~np.isin(snap_match, state.shadowed, assume_unique=True)]
+        keys, distances = [], []
+        if len(delta_match):
+            at = np.searchsorted(state.delta_keys, delta_match)
+            found = self._brute_force(state, delta_match, state.delta_vectors[at], vector, k)
+            keys.append(found[0])
+            distances.append(found[1])
+        if len(snap_match):
+            if exact or len(snap_match) <= EXACT_FILTER_KEYS:
+                found = self._brute_force(state, snap_match, self.vectors(snap_match), vector, k)
+            else:
+                found = self._search_snapshot_matching(state, vector, k, ef_search, snap_match)
+            keys.append(found[0])
+            distances.append(found[1])
+        return _merge(keys, distances, k)
+
+    def _search_snapshot_matching(
+        self, state: _State, vector: np.ndarray, k: int, ef_search: int, matching: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The graph, oversampled by the inverse of the filter's selectivity (x2), widened x4 until
+        ``k`` matching hits come back; exact over the matching keys if the graph cannot reach them."""
+        index = state.snap.index
+        size = len(index)
+        wanted = min(k, len(matching))
+        count = min(size, max(2 * k, int(np.ceil(2.0 * k * size / len(matching)))))
+        while True:
+            index.expansion_search = max(ef_search, count)
+            found = index.search(vector, count)
+            found_keys = np.asarray(found.keys, dtype=np.uint64)
+            at = np.searchsorted(matching, found_keys).clip(max=len(matching) - 1)
+            hit = matching[at] == found_keys
+            if hit.sum() >= wanted or count >= size:
+                break
+            count = min(size, count * 4)
+        if hit.sum() < wanted:
+            return self._brute_force(state, matching, self.vectors(matching), vector, k)
+        return found_keys[hit][:k], np.asarray(found.distances, dtype=np.float32)[hit][:k]
 
     def rows(self, keys: np.ndarray, columns: list[str] | None = None) -> pa.Table:
         """Primary key and served columns for ``keys``, in the order given."""
@@ -349,10 +488,15 @@ class IndexReader:
         return table.take(pa.array(np.argsort(np.concatenate(positions), kind="stable")))
 
     def search_rows(
-        self, vector: np.ndarray, k: int, columns: list[str] | None = None, ef_search: int | None = None
+        self,
+        vector: np.ndarray,
+        k: int,
+        columns: list[str] | None = None,
+        ef_search: int | None = None,
+        where: str | None = None,
     ) -> pa.Table:
         """Best first: the primary key, ``score`` (higher is better), ``distance``, served columns."""
-        hits = self.search(vector, k, ef_search)
+        hits = self.search(vector, k, ef_search, where=where)
         rows = self.rows(hits.keys, columns)
         pk = self.state.manifest.primary_key
         scores = scores_from_distances(self.identity.metric, hits.distances)
@@ -367,6 +511,24 @@ class IndexReader:
             if name != pk:
                 result = result.append_column(name, rows.column(name))
         return result
+
+
+def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """``keys`` in ``sorted_keys`` (ascending), by binary search: cheaper than np.isin for a few keys."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(keys), dtype=bool)
+    at = np.searchsorted(sorted_keys, keys).clip(max=len(sorted_keys) - 1)
+    return sorted_keys[at] == keys
+
+
+def _merge(keys: list[np.ndarray], distances: list[np.ndarray], k: int) -> Hits:
+    if not keys:
+        return Hits(np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32))
+    if len(keys) == 1:  # one source: already best first
+        return Hits(keys[0][:k], distances[0][:k])
+    all_keys, all_dist = np.concatenate(keys), np.concatenate(distances)
+    order = np.argsort(all_dist, kind="stable")[:k]
+    return Hits(all_keys[order], all_dist[order])
 
 
 def _select(table: pa.Table, columns: list[str]) -> pa.Table:

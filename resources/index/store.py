@@ -58,6 +58,7 @@ class LogStats:
     snapshot_age_seconds: float | None  # None when there is no snapshot yet
     segments: int  # published segments after the snapshot
     segment_bytes: int
+    segment_records: int | None  # change records in them (Parquet footers); None if a footer is unreadable
     last_seq: int  # the log's last seq (the snapshot's when no segment follows it)
     files: int  # every file under the index directory
 
@@ -91,10 +92,18 @@ class Recovery:
 
 
 def read_stats(root: Path, now: float | None = None) -> LogStats:
-    """Log and snapshot statistics from the manifest and a directory listing only."""
-    manifest = read_manifest(root)
+    """Log and snapshot statistics from the manifest, a directory listing and the segments' footers."""
+    for _ in range(3):
+        manifest = read_manifest(root)
+        after = [ref for ref in commitlog.list_segments(root) if ref.last > manifest.snapshot_seq]
+        try:
+            records = commitlog.count_records(after)
+        except FileNotFoundError:  # a snapshot folded and removed them meanwhile: read the new manifest
+            continue
+        break
+    else:
+        raise CorruptFileError(f"the log at {root} kept changing under read_stats; try again")
     entry = manifest.snapshot
-    after = [ref for ref in commitlog.list_segments(root) if ref.last > manifest.snapshot_seq]
     age = None
     if entry is not None:
         created = datetime.fromisoformat(entry.created_at).timestamp()
@@ -108,6 +117,7 @@ def read_stats(root: Path, now: float | None = None) -> LogStats:
         snapshot_age_seconds=age,
         segments=len(after),
         segment_bytes=sum(ref.bytes for ref in after),
+        segment_records=records,
         last_seq=max([manifest.snapshot_seq, *(ref.last for ref in after)]),
         files=files,
     )

@@ -66,6 +66,8 @@ def test_status_json(built):
     assert state["dataset"] == "pkgs" and state["built"] is True
     assert state["snapshot_vectors"] == 120 and state["segments_after_snapshot"] == 0
     assert state["identity"]["dim"] == 384
+    assert state["snapshot_due"] is False and state["snapshot_decision"].startswith("no segments after snapshot seq 120")
+    assert state["next_snapshot"] == "incremental" and state["segment_records_after_snapshot"] == 0
 
 
 def test_snapshot_sensor_requests_once_per_log_position(built, sample_table):
@@ -77,7 +79,7 @@ def test_snapshot_sensor_requests_once_per_log_position(built, sample_table):
     # Everything is folded into the snapshot: nothing to do, with the reason.
     result = sensor(build_sensor_context(instance=instance, cursor='{"last_seq": 0}'))
     assert isinstance(result, SensorResult) and not result.run_requests
-    assert "no segments after the snapshot" in result.skip_reason.skip_message
+    assert result.skip_reason.skip_message == "no segments after snapshot seq 120: nothing to fold"
     # A refresh adds a segment; snapshot thresholds (interval 0, 1 segment, 5%) are then met.
     source = spec.get("pkgs").source_path
     pq.write_table(sample_table.slice(0, 140), source)

@@ -16,8 +16,15 @@ ENGINE_MODULES = [
     "resources.log_sync",
     "resources.faults",
     "resources.embedding",
+    "resources.onnx_export",
+    "resources.onnx_backend",
+    "resources.token_batches",
+    "resources.embed_progress",
+    "resources.health",
     "resources.searcher",
+    "resources.index.row_filter",
     "sensors.snapshot_policy",
+    "sensors.source_listing",
     "pipelines.spec",
     "pipelines.query",
 ]
@@ -26,9 +33,10 @@ ENGINE_FILES = [
     ROOT / "resources" / "warehouse.py",
     ROOT / "resources" / "log_sync.py",
     ROOT / "resources" / "faults.py",
-    ROOT / "resources" / "embedding.py",
-    ROOT / "resources" / "searcher.py",
+    *(ROOT / "resources" / f"{name}.py" for name in ("embedding", "onnx_export", "onnx_backend", "token_batches")),
+    *(ROOT / "resources" / f"{name}.py" for name in ("embed_progress", "health", "searcher")),
     ROOT / "sensors" / "snapshot_policy.py",
+    ROOT / "sensors" / "source_listing.py",
 ]
 
 
