@@ -110,38 +110,13 @@ def fingerprint(keys: np.ndarray) -> str:
 def _live_keys(reader: IndexReader) -> tuple[np.ndarray, np.ndarray]:
     """(keys served from the snapshot graph, keys served from the delta), each ascending."""
     state = reader.state
-    snap_keys = state.snap_keys[~np.isin(state.snap_keys, state.shadowed)]
-    delta_keys = (
-        state.delta_rows.column(KEY).to_numpy() if state.delta_rows is not None else np.empty(0, dtype=np.uint64)
-    )
-    return snap_keys, delta_keys
+    return state.snap_keys[~np.isin(state.snap_keys, state.shadowed)], state.delta_keys
 
 
 def live_keys(reader: IndexReader) -> np.ndarray:
     """Every key the reader serves, ascending."""
     snap_keys, delta_keys = _live_keys(reader)
     return np.sort(np.concatenate([snap_keys, delta_keys]))
-
-
-def _vectors(reader: IndexReader, keys: np.ndarray) -> np.ndarray:
-    """The served vectors of ``keys`` (as float32), from the snapshot or the delta."""
-    state = reader.state
-    _, delta_keys = _live_keys(reader)
-    out = np.empty((len(keys), reader.identity.dim), dtype=np.float32)
-    in_delta = np.isin(keys, delta_keys)
-    delta_vectors = getattr(state, "delta_vectors", None)  # a reader whose delta is a plain matrix
-    if in_delta.any() and delta_vectors is not None:
-        out[in_delta] = delta_vectors[np.searchsorted(state.delta_keys, keys[in_delta])]
-    elif in_delta.any():
-        out[in_delta] = _get(state.delta_index, keys[in_delta])
-    if (~in_delta).any():
-        out[~in_delta] = _get(state.snap.index, keys[~in_delta])
-    return out
-
-
-def _get(index, keys: np.ndarray) -> np.ndarray:
-    got = index.get(keys, dtype=np.float32)
-    return np.vstack(got if isinstance(got, tuple) else [got])
 
 
 def graph_search(reader: IndexReader, vector: np.ndarray, k: int, ef_search: int):
@@ -202,7 +177,7 @@ def sample_queries(reader: IndexReader, sample: int, k: int = 10, seed: int = SE
     k = max(0, min(k, len(keys) - 1))
     count = min(sample, len(keys)) if k else 0  # one row alone has no neighbour to find
     chosen = np.sort(np.random.default_rng(seed).choice(keys, size=count, replace=False)) if count else keys[:0]
-    vectors = _vectors(reader, chosen)
+    vectors = reader.vectors(chosen)
     started = time.perf_counter()
     truth = []
     for key, vector in zip(chosen, vectors):
