@@ -6,6 +6,7 @@ vectors that must never be mixed: the only way across is a full rebuild.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -79,6 +80,36 @@ def new_usearch_index(identity: IndexIdentity, params: HnswParams):
         expansion_add=params.ef_construction,
         expansion_search=params.ef_search,
     )
+
+
+# Threads inserting into a small graph race: each new node links only to the few nodes that were
+# there when its search began, and parts of the graph end up barely reachable. Measured with
+# usearch 2.26 (M 16, ef_construction 128): 60 vectors added by 2 threads gave recall@10 as low as
+# 0.88 where one thread gives 1.0; 2,000 by 16 threads, 0.91 where one gives 0.995. So the graph
+# grows with one thread per GRAPH_ROWS_PER_THREAD nodes already in it (the same 0.995 at 2,000);
+# a large graph gets every core at once.
+GRAPH_ROWS_PER_THREAD = 1_024
+
+
+def add_to_graph(index, keys: np.ndarray, vectors: np.ndarray, threads: int | None = None) -> None:
+    """``index.add`` with at most one thread per ``GRAPH_ROWS_PER_THREAD`` nodes in the graph.
+
+    ``threads``: the most to use (default: the cores this process may run on)."""
+    threads = threads or _cores()
+    done, total = 0, len(keys)
+    while done < total:
+        allowed = max(1, min(threads, len(index) // GRAPH_ROWS_PER_THREAD))
+        # Grow in steps that double the graph until it has earned every thread.
+        step = total - done if allowed == threads else max(GRAPH_ROWS_PER_THREAD, len(index))
+        index.add(keys[done : done + step], vectors[done : done + step], threads=allowed)
+        done += step
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def scores_from_distances(metric: str, distances: np.ndarray) -> np.ndarray:

@@ -24,7 +24,14 @@ from resources.faults import kill_point
 from resources.index.commitlog import KEY, OP, SEQ, VECTOR, upserts, vectors_of
 from resources.index.errors import CorruptFileError
 from resources.index.files import atomic_write, checksum_file
-from resources.index.identity import USEARCH_DTYPE, USEARCH_METRIC, HnswParams, IndexIdentity, new_usearch_index
+from resources.index.identity import (
+    USEARCH_DTYPE,
+    USEARCH_METRIC,
+    HnswParams,
+    IndexIdentity,
+    add_to_graph,
+    new_usearch_index,
+)
 from resources.index.manifest import FileEntry, SnapshotEntry, utc_now
 
 SNAPSHOTS_DIR = "snapshots"
@@ -143,7 +150,7 @@ def apply_changes(base: SnapshotData, folded: pa.Table, identity: IndexIdentity)
         base.index.remove(changed_keys[present])
     added = upserts(folded)
     if added.num_rows:
-        base.index.add(added.column(KEY).to_numpy(), vectors_of(added, identity.dim), threads=0)
+        add_to_graph(base.index, added.column(KEY).to_numpy(), vectors_of(added, identity.dim))
     new_rows = added.drop_columns([SEQ, OP, VECTOR])
     if base.rows is not None:
         kept = base.rows.filter(pc.invert(pc.is_in(base.rows.column(KEY), value_set=folded.column(KEY))))
@@ -156,7 +163,7 @@ def rebuild(data: SnapshotData, identity: IndexIdentity, params: HnswParams) -> 
     fresh = new_usearch_index(identity, params)
     if data.rows is not None and data.rows.num_rows:
         keys = data.rows.column(KEY).to_numpy()
-        fresh.add(keys, np.vstack(data.index.get(keys)).astype(np.float32, copy=False), threads=0)
+        add_to_graph(fresh, keys, np.vstack(data.index.get(keys)).astype(np.float32, copy=False))
     return SnapshotData(fresh, data.rows)
 
 
