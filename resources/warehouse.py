@@ -140,6 +140,8 @@ def load_source(
 ) -> LoadResult:
     """Validate the source and replace (full) or extend (append) ``<ds>_rows`` in one transaction.
 
+    Full mode writes only the difference (``_merge_rows``) when the table's columns are unchanged,
+    so a refresh that changes 1% of a table writes about 1% of it, not the whole table again.
     Append mode adds only primary keys the table does not hold yet; with ``time_column`` it reads
     only rows whose time is above the watermark (the largest time read by earlier refreshes).
     """
@@ -163,6 +165,8 @@ def load_source(
                 f"INSERT INTO {layout.rows} BY NAME SELECT {select} FROM _source s "
                 f"WHERE s.{q(layout.primary_key)} NOT IN (SELECT {q(layout.primary_key)} FROM {layout.rows})"
             )
+        elif _same_columns(conn, layout.rows, f"SELECT {select} FROM _source"):
+            _merge_rows(conn, layout, keep)
         else:
             conn.execute(f"CREATE OR REPLACE TABLE {layout.rows} AS SELECT {select} FROM _source")
         watermark = _advance_watermark(conn, layout, time_column, only_newer) if time_column else None
@@ -173,6 +177,24 @@ def load_source(
         conn.execute("ROLLBACK")
         raise
     return LoadResult(rows_read=rows_read, rows_in_table=total, columns=tuple(keep), watermark=watermark)
+
+
+def _same_columns(conn: duckdb.DuckDBPyConnection, table: str, select: str) -> bool:
+    """``table`` exists with exactly the names and types, in order, that ``select`` gives."""
+    return table_exists(conn, table) and list(_columns(conn, table).items()) == list(_columns(conn, select).items())
+
+
+def _merge_rows(conn: duckdb.DuckDBPyConnection, layout: TableLayout, columns: list[str]) -> None:
+    """Make ``<ds>_rows`` equal ``_source`` by deleting the rows that are gone or differ and
+    inserting the new and changed ones: the rows that did not change are not written again."""
+    pk = q(layout.primary_key)
+    same = " AND ".join(f"s.{q(c)} IS NOT DISTINCT FROM r.{q(c)}" for c in columns)
+    conn.execute(f"DELETE FROM {layout.rows} r WHERE NOT EXISTS (SELECT 1 FROM _source s WHERE {same})")
+    select = ", ".join(f"s.{q(c)}" for c in columns)
+    conn.execute(
+        f"INSERT INTO {layout.rows} SELECT {select} FROM _source s "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {layout.rows} r WHERE r.{pk} = s.{pk})"
+    )
 
 
 def _validate_time_column(layout: TableLayout, columns: dict[str, str], time_column: str | None) -> None:
