@@ -61,9 +61,11 @@ class Searcher:
             raise SearchError(f"dataset {dataset!r}: the query text is empty; pass some words or a vector")
         return get_embedder(reader.identity.model, self.device).embed([text])[0]
 
-    def query_vectors(self, dataset: str, queries: Sequence) -> np.ndarray:
-        """Texts (embedded in one batch with the dataset's model) or vectors -> a (n, dim) float32 matrix."""
-        reader = self.reader(dataset)
+    def query_vectors(self, dataset: str, queries: Sequence, reader: IndexReader | None = None) -> np.ndarray:
+        """Texts (embedded in one batch with the dataset's model) or vectors -> a (n, dim) float32 matrix.
+
+        ``reader``: the dataset's, already refreshed by the caller (a refresh is a listing: once a query)."""
+        reader = reader or self.reader(dataset)
         dim = reader.identity.dim
         if isinstance(queries, np.ndarray) and queries.ndim == 2:
             matrix = queries.astype(np.float32, copy=False)
@@ -128,7 +130,9 @@ class Searcher:
         columns = self._check(reader, dataset, k, columns, ef_search)
         if isinstance(query, str) and not query.strip():
             raise SearchError(f"dataset {dataset!r}: the query text is empty; pass some words or a vector")
-        vectors = self.query_vectors(dataset, [query] if isinstance(query, str) else [np.asarray(query).reshape(-1)])
+        vectors = self.query_vectors(
+            dataset, [query] if isinstance(query, str) else [np.asarray(query).reshape(-1)], reader
+        )
         try:
             return reader.search_rows(vectors[0], int(k), columns, ef_search, where=where)
         except FilterError as error:
@@ -147,7 +151,7 @@ class Searcher:
         ``queries``) first, then what ``search`` returns, best first within each query."""
         reader = self.reader(dataset)
         columns = self._check(reader, dataset, k, columns, ef_search)
-        vectors = self.query_vectors(dataset, queries)
+        vectors = self.query_vectors(dataset, queries, reader)
         tables = []
         for i, vector in enumerate(vectors):
             try:

@@ -529,17 +529,20 @@ def changes_after(conn: duckdb.DuckDBPyConnection, layout: TableLayout, after: i
     pk = q(layout.primary_key)
     if served is None:
         served = tuple(c for c in _columns(conn, layout.embeddings) if c not in INTERNAL and c != layout.primary_key)
+    # Every change record has a seq of its own and an embedded row carries its upsert's seq, so a
+    # delete never matches a row: the join needs no condition on the op. (One made it a non-equi
+    # join, 15x slower: 6.3 s against 0.4 s for 50,000 changes.) ``after`` is inlined, not bound:
+    # duckdb 1.5 plans this query with a bound parameter 17x slower (8.4 s against 0.5 s).
     conn.execute("BEGIN")  # one snapshot of both tables
     try:
         last = conn.execute(f"SELECT coalesce(max({SEQ}), 0) FROM {layout.changes}").fetchone()[0]
         table = _arrow(conn, 
             f"""WITH latest AS (
-                    SELECT {SEQ}, {OP}, {KEY}, {pk} FROM {layout.changes} WHERE {SEQ} > ?
+                    SELECT {SEQ}, {OP}, {KEY}, {pk} FROM {layout.changes} WHERE {SEQ} > {int(after)}
                     QUALIFY row_number() OVER (PARTITION BY {KEY} ORDER BY {SEQ} DESC) = 1)
                 SELECT l.{SEQ}, l.{OP}, l.{KEY}, l.{pk}, e.{VECTOR}{''.join(f', e.{q(c)}' for c in served)}
-                FROM latest l LEFT JOIN {layout.embeddings} e ON l.{OP} = 'upsert' AND e.{KEY} = l.{KEY} AND e.{SEQ} = l.{SEQ}
+                FROM latest l LEFT JOIN {layout.embeddings} e ON e.{KEY} = l.{KEY} AND e.{SEQ} = l.{SEQ}
                 ORDER BY l.{SEQ}""",
-            [after],
         )
         conn.execute("COMMIT")
     except BaseException:

@@ -21,6 +21,7 @@ what both the snapshot writer and the reader apply.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,16 @@ def list_segments(root: Path) -> list[SegmentRef]:
             continue
         refs.append(SegmentRef(path, int(match.group(1)), int(match.group(2)), size))
     return sorted(refs, key=lambda ref: ref.first)
+
+
+def segment_listing(root: Path) -> tuple[str, ...]:
+    """The names of the published segments, sorted: one directory read and no stat, so a reader
+    can tell on every query whether the log changed (segments are immutable once renamed in)."""
+    try:
+        names = os.listdir(root / LOG_DIR)
+    except FileNotFoundError:
+        return ()
+    return tuple(sorted(name for name in names if _NAME.match(name)))
 
 
 def count_records(refs: list[SegmentRef]) -> int | None:

@@ -34,7 +34,7 @@ import pyarrow as pa
 from resources.index import commitlog, snapshot
 from resources.index.commitlog import KEY, OP, SEQ, VECTOR
 from resources.index.errors import CorruptFileError, IndexNotBuiltError, SnapshotUnrecoverableError
-from resources.index.identity import USEARCH_METRIC, IndexIdentity, new_usearch_index, scores_from_distances
+from resources.index.identity import IndexIdentity, exact_distances, new_usearch_index, scores_from_distances
 from resources.index.manifest import Manifest, manifest_path, read_manifest
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ class _State:
     snapshot_problem: str | None = None  # why the previous snapshot is served, if it is
     log_problem: str | None = None  # what ended the run of segments early, if anything
     _filters: dict = field(default_factory=dict)
+    _selected: dict = field(default_factory=dict)
+    log_listing: tuple[str, ...] = ()  # the log/ names this state was read from (segment_listing)
     delta_graph: object = None  # the delta's HNSW graph once the background build finished
     delta_scans: int = 0
     _building: bool = False
@@ -87,11 +89,25 @@ class _State:
         self.delta_graph = index
 
     @cached_property
+    def delta_sq_norms(self) -> np.ndarray:
+        """The delta vectors' squared norms, for the exact scan (``exact_distances``)."""
+        return np.einsum("ij,ij->i", self.delta_vectors, self.delta_vectors)
+
+    @cached_property
     def delta_index(self):
         """The delta's graph, built now if the background has not: for checks that compare graphs."""
         if self.delta_graph is None:
             self.build_delta_graph()
         return self.delta_graph
+
+    def selected(self, names: tuple[str, ...]) -> tuple[pa.Table | None, pa.Table | None]:
+        """The snapshot's and the delta's rows with only ``names`` (made once per state)."""
+        if names not in self._selected:
+            self._selected[names] = tuple(
+                None if table is None else _select(table, list(names))
+                for table in (self.snap.rows if self.snap else None, self.delta_rows)
+            )
+        return self._selected[names]
 
     def row_filter(self, columns: list[str]):
         from resources.index.row_filter import RowFilter
@@ -219,8 +235,14 @@ class IndexReader:
             snap_keys = snap.rows.column(KEY).to_numpy() if snap else np.empty(0, dtype=np.uint64)
             state = self._with_delta(manifest, stat, snap, base_seq, snap_keys, snapshot_problem)
         else:
+            # Same names, same log (segments are immutable), unless a damaged one may have been
+            # repaired in place: then the names cannot tell, and the chain is read again.
+            listing = commitlog.segment_listing(self.root)
+            if listing == current.log_listing and current.log_problem is None:
+                return False
             names = self._chain_after(current.base_seq)
-            if names == current.segment_names:
+            if names == current.segment_names:  # e.g. a snapshot's cleanup removed older segments
+                current.log_listing = listing
                 return False
             state = self._with_delta(
                 current.manifest,
@@ -287,7 +309,8 @@ class IndexReader:
         snap_keys: np.ndarray,
         snapshot_problem: str | None,
     ) -> _State:
-        records, chain = commitlog.read_chain(commitlog.list_segments(self.root), base_seq, manifest.identity)
+        refs = commitlog.list_segments(self.root)
+        records, chain = commitlog.read_chain(refs, base_seq, manifest.identity)
         log_problem = f"log: {chain.problem}; serving the segments before it" if chain.problem else None
         served_seq = chain.last if chain.last is not None else base_seq
         if served_seq < manifest.snapshot_seq:
@@ -308,7 +331,7 @@ class IndexReader:
             if added.num_rows:
                 delta_keys = added.column(KEY).to_numpy()
                 delta_vectors = np.ascontiguousarray(commitlog.vectors_of(added, manifest.identity.dim))
-                delta_rows = added.drop_columns([SEQ, OP, VECTOR])
+                delta_rows = added.drop_columns([SEQ, OP, VECTOR]).combine_chunks()  # see snapshot.open_snapshot
         return _State(
             manifest=manifest,
             manifest_stat=manifest_stat,
@@ -323,6 +346,7 @@ class IndexReader:
             shadowed=shadowed,
             snapshot_problem=snapshot_problem,
             log_problem=log_problem,
+            log_listing=tuple(sorted(ref.name for ref in refs)),
         )
 
     # -- search ------------------------------------------------------------------------------
@@ -353,7 +377,9 @@ class IndexReader:
                 keys.append(np.asarray(found.keys, dtype=np.uint64))
                 distances.append(np.asarray(found.distances, dtype=np.float32))
             else:
-                keys_found, dist_found = self._brute_force(state, state.delta_keys, state.delta_vectors, vector, k)
+                keys_found, dist_found = self._brute_force(
+                    state, state.delta_keys, state.delta_vectors, vector, k, state.delta_sq_norms
+                )
                 keys.append(keys_found)
                 distances.append(dist_found)
                 if not exact:
@@ -409,16 +435,17 @@ class IndexReader:
         return out
 
     @staticmethod
-    def _brute_force(state: _State, keys: np.ndarray, vectors: np.ndarray, vector: np.ndarray, k: int):
-        from usearch.index import search as exact_search
-
+    def _brute_force(
+        state: _State, keys: np.ndarray, vectors: np.ndarray, vector: np.ndarray, k: int, sq_norms=None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest of ``vectors`` (rows of ``keys``), best first."""
         count = min(k, len(keys))
         if count == 0:
             return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
-        metric = USEARCH_METRIC[state.manifest.identity.metric]
-        found = exact_search(vectors, vector, count, metric, exact=True)
-        at = np.asarray(found.keys, dtype=np.int64)
-        return keys[at], np.asarray(found.distances, dtype=np.float32)
+        distances = exact_distances(state.manifest.identity.metric, vectors, vector, sq_norms)
+        best = np.argpartition(distances, count - 1)[:count] if count < len(keys) else np.arange(len(keys))
+        best = best[np.lexsort((best, distances[best]))]
+        return keys[best], distances[best]
 
     def _search_filtered(
         self, state: _State, vector: np.ndarray, k: int, ef_search: int, exact: bool, where: str
@@ -469,23 +496,21 @@ class IndexReader:
         """Primary key and served columns for ``keys``, in the order given."""
         state = self.state
         pk = state.manifest.primary_key
-        columns = self.served_columns if columns is None else columns
+        names = (pk, *(self.served_columns if columns is None else columns))
         if len(keys) == 0:
-            return pa.table({name: pa.array([]) for name in [pk, *columns]})
-        parts, positions = [], []
-        in_delta = np.zeros(len(keys), dtype=bool)
-        if state.delta_rows is not None:
-            delta_keys = state.delta_rows.column(KEY).to_numpy()
-            at = np.searchsorted(delta_keys, keys).clip(max=len(delta_keys) - 1)
-            in_delta = delta_keys[at] == keys
-            parts.append(_select(state.delta_rows, [pk, *columns]).take(pa.array(at[in_delta])))
-            positions.append(np.flatnonzero(in_delta))
-        if (~in_delta).any():
-            at = np.searchsorted(state.snap_keys, keys[~in_delta])
-            parts.append(_select(state.snap.rows, [pk, *columns]).take(pa.array(at)))
-            positions.append(np.flatnonzero(~in_delta))
-        table = pa.concat_tables(parts, promote_options="default") if len(parts) > 1 else parts[0]
-        return table.take(pa.array(np.argsort(np.concatenate(positions), kind="stable")))
+            return pa.table({name: pa.array([]) for name in names})
+        snap_rows, delta_rows = state.selected(names)
+        in_delta = _contains(state.delta_keys, keys)  # the delta rows are in delta_keys' order
+        if not in_delta.any():  # the usual case: one take, already in the order asked
+            return snap_rows.take(np.searchsorted(state.snap_keys, keys))
+        if in_delta.all():
+            return delta_rows.take(np.searchsorted(state.delta_keys, keys))
+        parts = [
+            delta_rows.take(np.searchsorted(state.delta_keys, keys[in_delta])),
+            snap_rows.take(np.searchsorted(state.snap_keys, keys[~in_delta])),
+        ]
+        positions = np.concatenate([np.flatnonzero(in_delta), np.flatnonzero(~in_delta)])
+        return pa.concat_tables(parts, promote_options="default").take(np.argsort(positions, kind="stable"))
 
     def search_rows(
         self,
@@ -498,19 +523,12 @@ class IndexReader:
         """Best first: the primary key, ``score`` (higher is better), ``distance``, served columns."""
         hits = self.search(vector, k, ef_search, where=where)
         rows = self.rows(hits.keys, columns)
-        pk = self.state.manifest.primary_key
         scores = scores_from_distances(self.identity.metric, hits.distances)
-        result = pa.table(
-            {
-                pk: rows.column(pk),
-                "score": pa.array(scores, pa.float64()),
-                "distance": pa.array(hits.distances.astype(np.float64)),
-            }
-        )
-        for name in rows.column_names:
-            if name != pk:
-                result = result.append_column(name, rows.column(name))
-        return result
+        arrays = rows.columns
+        arrays[1:1] = [pa.array(scores, pa.float64()), pa.array(hits.distances.astype(np.float64))]
+        names = rows.column_names
+        names[1:1] = ["score", "distance"]
+        return pa.Table.from_arrays(arrays, names=names)
 
 
 def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
