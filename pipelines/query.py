@@ -7,6 +7,7 @@ It honours ``QUIVER_DATASETS`` and ``QUIVER_HOME`` at each call, and keeps one `
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 
@@ -18,14 +19,14 @@ _LOCK = threading.Lock()
 
 
 def searcher():
-    from pipelines.spec import default_home, default_spec_path, load_spec
+    from pipelines.spec import ENV_DATASETS, ENV_HOME, default_home, default_spec_path, load_spec
     from resources.searcher import Searcher
 
-    spec_path, home = default_spec_path(), default_home()
+    # Keyed by the variables themselves: resolving paths on every query would cost more than the lookup.
+    key = (os.environ.get(ENV_DATASETS), os.environ.get(ENV_HOME))
     with _LOCK:
-        key = (str(spec_path), str(home))
         if key not in _SEARCHERS:
-            _SEARCHERS[key] = Searcher(home, load_spec(spec_path).names)
+            _SEARCHERS[key] = Searcher(default_home(), load_spec(default_spec_path()).names)
         return _SEARCHERS[key]
 
 

@@ -1,7 +1,8 @@
 """The Dagster resources: thin, plain fields, heavy state built lazily once per process.
 
 DuckDB itself goes through ``dagster_duckdb.DuckDBResource``; ``open_connection`` wraps it so the
-connection is always closed (also on error) and the home directory exists.
+connection is always closed (also on error), the home directory exists, and small commits stay in
+DuckDB's WAL (``warehouse.defer_checkpoints``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import PrivateAttr
 
 from pipelines.spec import DatasetSpec
+from resources import warehouse
 from resources.embedding import Embedder, get_embedder
 from resources.index import HnswParams, IndexIdentity, IndexStore
 from resources.searcher import Searcher
@@ -29,6 +31,7 @@ def open_connection(resource: DuckDBResource) -> Iterator[duckdb.DuckDBPyConnect
     Path(resource.database).parent.mkdir(parents=True, exist_ok=True)
     with resource.get_connection() as conn:
         try:
+            warehouse.defer_checkpoints(conn)
             yield conn
         finally:
             conn.close()

@@ -98,6 +98,19 @@ class TableLayout:
         return self.table("watermark")
 
 
+def defer_checkpoints(conn: duckdb.DuckDBPyConnection) -> None:
+    """Leave small commits in DuckDB's WAL when the connection closes, instead of checkpointing.
+
+    By default DuckDB checkpoints at every close, and a checkpoint rewrites the partly filled
+    blocks of every column a commit touched: at 100,000 rows a refresh of 3,000 changed rows wrote
+    3.8x their raw bytes to the database file, against 1.8x with the WAL kept (measured by
+    ``make bench``). The WAL is DuckDB's own durability (replayed on open, read-only opens
+    included); it is checkpointed when it passes ``checkpoint_threshold`` (16 MiB), and a commit
+    too big for the WAL is checkpointed directly, as before. Every writer calls this on open.
+    """
+    conn.execute("PRAGMA disable_checkpoint_on_shutdown")
+
+
 def table_exists(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(
         conn.execute(

@@ -84,7 +84,7 @@ def segment_listing(root: Path) -> tuple[str, ...]:
     """The names of the published segments, sorted: one directory read and no stat, so a reader
     can tell on every query whether the log changed (segments are immutable once renamed in)."""
     try:
-        names = os.listdir(root / LOG_DIR)
+        names = os.listdir(os.path.join(root, LOG_DIR))  # os.path, not pathlib: this runs per query
     except FileNotFoundError:
         return ()
     return tuple(sorted(name for name in names if _NAME.match(name)))

@@ -35,7 +35,7 @@ from resources.index import commitlog, snapshot
 from resources.index.commitlog import KEY, OP, SEQ, VECTOR
 from resources.index.errors import CorruptFileError, IndexNotBuiltError, SnapshotUnrecoverableError
 from resources.index.identity import IndexIdentity, exact_distances, new_usearch_index, scores_from_distances
-from resources.index.manifest import Manifest, manifest_path, read_manifest
+from resources.index.manifest import MANIFEST_NAME, Manifest, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def _stat(path: Path) -> tuple:
 
 def _manifest_stat(root: Path) -> tuple:
     try:
-        return _stat(manifest_path(root))
+        return _stat(os.path.join(root, MANIFEST_NAME))  # os.path, not pathlib: this runs per query
     except FileNotFoundError:
         read_manifest(root)  # no manifest: raises IndexNotBuiltError, which names the fix
         raise

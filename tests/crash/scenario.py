@@ -16,6 +16,7 @@ import os
 import pickle
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -112,18 +113,26 @@ class Source:
 # -- the writers ---------------------------------------------------------------------------------
 def refresh(work: Path) -> None:
     """rows -> embeddings -> index, as the three assets do it (the connection closed while embedding)."""
-    with duckdb.connect(str(database_path(work))) as conn:
+    with writer_connection(work) as conn:
         warehouse.load_source(conn, LAYOUT, [str(source_path(work))])
         plan = warehouse.plan_changes(conn, LAYOUT, MODEL)
     vectors = embed(plan.to_embed.column(warehouse.TEXT).to_pylist())
-    with duckdb.connect(str(database_path(work))) as conn:
+    with writer_connection(work) as conn:
         warehouse.commit_changes(conn, LAYOUT, plan, vectors)
 
     def read_changes(after: int):
-        with duckdb.connect(str(database_path(work))) as conn:
+        with writer_connection(work) as conn:
             return warehouse.changes_after(conn, LAYOUT, after)
 
     sync_log(store_for(work), read_changes)
+
+
+@contextmanager
+def writer_connection(work: Path):
+    """A writer's connection as the assets open it (``open_connection``: small commits stay in the WAL)."""
+    with duckdb.connect(str(database_path(work))) as conn:
+        warehouse.defer_checkpoints(conn)
+        yield conn
 
 
 def take_snapshot(work: Path) -> None:

@@ -74,9 +74,10 @@ class QuiverSide:
     def connection(self):
         conn = duckdb.connect(str(self.db))
         try:
+            warehouse.defer_checkpoints(conn)  # as every asset's connection (open_connection)
             yield conn
         finally:
-            conn.close()  # a close checkpoints: counted, as every asset closes its connection
+            conn.close()  # counted: commits go to the WAL, a checkpoint once it passes 16 MiB
 
     def _refresh_duckdb(self, rows: Rows) -> dict:
         """The rows asset, then the embeddings asset's plan and commit, with ``rows``' vectors."""
