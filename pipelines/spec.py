@@ -273,6 +273,9 @@ class SnapshotsSpec(_Model):
     min_delta_size_percent: _NonNegFloat = 5.0
     on_startup: Annotated[bool, Field(strict=True)] = True
     rebuild_tombstone_percent: _NonNegFloat = 20.0
+    # The previous snapshot and the segments after it stay as a fallback that needs no DuckDB;
+    # false keeps one snapshot (about half the index directory) and rebuilds a damaged one from DuckDB.
+    keep_previous: Annotated[bool, Field(strict=True)] = True
 
 
 _Fraction = Annotated[float, Field(strict=True, ge=0, le=1)]

@@ -69,6 +69,7 @@ class IndexResource(ConfigurableResource):
             identity=IndexIdentity(dim=dim, metric=vectors.metric, dtype=vectors.dtype, model=spec.embeddings.identity),
             params=HnswParams(m=vectors.m, ef_construction=vectors.ef_construction, ef_search=vectors.ef_search),
             primary_key=spec.primary_key,
+            keep_previous=spec.snapshots.keep_previous,
         )
 
 

@@ -8,7 +8,8 @@
 Opening removes temp leftovers of a crash and checks the caller's identity against the manifest
 (I6). ``append_segment`` adds changes after the log's last seq; ``take_snapshot`` folds the
 segments after the snapshot into a new one, publishes it through the manifest, and only then
-removes what it covers, keeping one previous snapshot and the segments after it for fallback (I7).
+removes what it covers, keeping one previous snapshot and the segments after it for fallback (I7;
+with ``keep_previous=False``, only the snapshot and the segments after it).
 
 Damage (a file that fails its checks, a missing segment) is found by ``recover``, which repairs
 what the directory alone can repair: a damaged snapshot is replaced by the previous one plus the
@@ -126,12 +127,24 @@ def read_stats(root: Path, now: float | None = None) -> LogStats:
 class IndexStore:
     """Writes one index directory. Cheap to construct; every write takes the directory lock."""
 
-    def __init__(self, root: Path, dataset: str, identity: IndexIdentity, params: HnswParams, primary_key: str):
+    def __init__(
+        self,
+        root: Path,
+        dataset: str,
+        identity: IndexIdentity,
+        params: HnswParams,
+        primary_key: str,
+        keep_previous: bool = True,
+    ):
         self.root = Path(root)
         self.dataset = dataset
         self.identity = identity
         self.params = params
         self.primary_key = primary_key
+        # Keep the previous snapshot and the segments after it, so that a damaged snapshot is
+        # served around with no DuckDB (a second copy of the vectors). Without it, the directory
+        # holds one snapshot and the segments after it, and a damaged snapshot is rebuilt from DuckDB.
+        self.keep_previous = keep_previous
 
     # -- opening -----------------------------------------------------------------------------
     def open(self) -> Manifest:
@@ -328,7 +341,7 @@ class IndexStore:
             remove_path(self.root / snapshot.snapshot_dirname(seq))
             entry = snapshot.write_snapshot(self.root, seq, data)
             kill_point("snapshot.before_manifest")
-            new_manifest = manifest.with_snapshot(entry, previous=manifest.snapshot)
+            new_manifest = manifest.with_snapshot(entry, previous=manifest.snapshot if self.keep_previous else None)
             if manifest.hnsw != self.params:
                 new_manifest = replace(new_manifest, hnsw=self.params)
             publish_manifest(self.root, new_manifest)
@@ -347,11 +360,15 @@ class IndexStore:
         """After publishing: drop what neither the snapshot nor its fallback needs (I7).
 
         Kept: the two named snapshots, and the run of segments after the previous one (the
-        fallback replays them). Readers that mapped a removed file keep their mapping; they switch
-        at their next refresh.
+        fallback replays them; for a first snapshot, the log from its start). Without
+        ``keep_previous``: the snapshot and the segments after it. Readers that mapped a removed
+        file keep their mapping; they switch at their next refresh.
         """
         refs = commitlog.list_segments(self.root)
-        fallback_from = manifest.previous_snapshot.seq if manifest.previous_snapshot else 0
+        if manifest.previous_snapshot is not None:
+            fallback_from = manifest.previous_snapshot.seq
+        else:
+            fallback_from = 0 if self.keep_previous else manifest.snapshot_seq
         keep_segments = {ref.name for ref in commitlog.chain_after(refs, fallback_from).refs}
         keep_segments |= {ref.name for ref in refs if ref.last > manifest.snapshot_seq}
         keep_dirs = {entry.dir for entry in (manifest.snapshot, manifest.previous_snapshot) if entry}

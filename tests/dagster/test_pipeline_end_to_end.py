@@ -144,3 +144,21 @@ def test_several_datasets_side_by_side(tmp_path, sample_table, monkeypatch):
         search("alpha", "game", k=0)
     with pytest.raises(SearchError, match="not served"):
         search("beta", "game", columns=["section"])
+
+
+def test_keep_previous_false_keeps_one_snapshot(tmp_path, sample_table):
+    """``snapshots.keep_previous: false`` reaches the store: after two snapshot runs the directory
+    holds one snapshot and no segment, and it still equals DuckDB."""
+    source = tmp_path / "packages.parquet"
+    pq.write_table(sample_table.slice(0, 80), source)
+    entry = dataset_entry("pkgs", source, snapshots={"keep_previous": False})
+    spec_path, home = write_spec(tmp_path / "datasets.yaml", [entry]), tmp_path / "home"
+    run_all(spec_path, home)
+    pq.write_table(sample_table.slice(20, 80), source)  # 20 rows leave, 20 arrive
+    run_all(spec_path, home)
+    root = home / "pkgs"
+    manifest = IndexReader(root).manifest
+    assert manifest.previous_snapshot is None and manifest.snapshot.vectors == 80
+    assert [p.name for p in (root / "snapshots").iterdir()] == [manifest.snapshot.dir.split("/")[1]]
+    assert list_segments(root) == []
+    assert index_state(root) == duckdb_state(home / DUCKDB_FILE, "pkgs")

@@ -142,6 +142,33 @@ def test_files_stay_bounded_over_many_cycles(tmp_path, kit, seed):
         previous_entry = result.entry
 
 
+def test_without_keep_previous_one_snapshot_and_the_segments_after_it_remain(tmp_path, kit):
+    """keep_previous=False: no fallback copy; the directory is the snapshot plus the log after it,
+    and a damaged snapshot can only be rebuilt from DuckDB (recover says so)."""
+    store = IndexStore(tmp_path, "products", kit.make_identity(), kit.FAST_PARAMS, kit.PK, keep_previous=False)
+    store.open()
+    work = kit.Workload(3, store.identity.dim)
+    for cycle in range(4):
+        for _ in range(2):
+            live = len(work.model.rows)
+            store.append_segment(*work.batch(inserts=15, updates=min(5, live), deletes=min(4, max(0, live - 5))))
+        result = store.take_snapshot()
+        manifest = read_manifest(tmp_path)
+        assert manifest.previous_snapshot is None
+        assert [p.name for p in (tmp_path / snapshot.SNAPSHOTS_DIR).iterdir()] == [result.entry.dir.split("/")[1]]
+        assert commitlog.list_segments(tmp_path) == [], "every segment is covered by the one snapshot"
+        kit.assert_state_matches(kit.read_state(tmp_path), work.model)
+    store.append_segment(*work.batch(inserts=3, updates=0, deletes=0))
+    assert len(commitlog.list_segments(tmp_path)) == 1  # the log after the snapshot stays
+
+    path = tmp_path / read_manifest(tmp_path).snapshot.dir / snapshot.INDEX_FILE
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    recovery = store.recover()
+    assert recovery.needs_rebuild and "no previous snapshot" in " ".join(recovery.problems)
+
+
 @pytest.mark.parametrize(
     ("metric", "dtype", "atol"),
     [

@@ -49,6 +49,7 @@ FULL = {
         "min_delta_size_percent": 2.5,
         "on_startup": False,
         "rebuild_tombstone_percent": 50,
+        "keep_previous": False,
     },
     "refresh_cron": "0 * * * *",
 }
@@ -92,6 +93,7 @@ def test_minimal_defaults():
     assert s.enabled and s.on_startup
     assert (s.interval_seconds, s.min_delta_commitlogs, s.min_delta_size_percent) == (21600, 1, 5)
     assert s.rebuild_tombstone_percent == 20
+    assert s.keep_previous
 
 
 def test_full():
@@ -106,6 +108,7 @@ def test_full():
     assert ds.snapshots.model_dump() == {
         "enabled": False, "interval_seconds": 60.0, "min_delta_commitlogs": 3,
         "min_delta_size_percent": 2.5, "on_startup": False, "rebuild_tombstone_percent": 50.0,
+        "keep_previous": False,
     }
     assert ds.refresh_cron == "0 * * * *"
 
@@ -321,6 +324,8 @@ MISTAKES = [
      ["dataset 'products'", "snapshots.enabled", "valid boolean", "'yes'"]),
     ("negative interval", [with_(MINIMAL, snapshots__interval_seconds=-5)],
      ["dataset 'products'", "snapshots.interval_seconds", "greater than or equal to 0"]),
+    ("keep_previous as string", [with_(MINIMAL, snapshots__keep_previous="no")],
+     ["dataset 'products'", "snapshots.keep_previous", "valid boolean", "'no'"]),
     ("negative tombstone percent", [with_(MINIMAL, snapshots__rebuild_tombstone_percent=-1)],
      ["dataset 'products'", "snapshots.rebuild_tombstone_percent", "greater than or equal to 0"]),
     ("time_column without append", [with_(MINIMAL, time_column="ts")],

@@ -42,7 +42,7 @@ class Size:
     builds: int  # build repetitions
     passes: int  # query passes over all queries
     colds: int  # cold-start repetitions
-    dtypes: bool  # also build quiver at f16 and i8 for the size figures
+    dtypes: bool  # also build quiver at f16, i8 and without keep_previous for the size figures
     rounds: int = 3
 
 
@@ -125,14 +125,21 @@ def build_all(size: Size, corpus: corpora.Corpus, work: Path) -> tuple[dict, Qui
     return results, quiver, raw, vss_db
 
 
-def dtype_sizes(corpus: corpora.Corpus, work: Path) -> dict:
-    """quiver's state (DuckDB file + index directory) with an f16 and an i8 index (one build each)."""
+VARIANTS = {  # label -> QuiverSide options, for the size figures
+    "an f16 index": {"dtype": "f16"},
+    "an i8 index": {"dtype": "i8"},
+    "an f32 index, snapshots.keep_previous: false": {"keep_previous": False},
+}
+
+
+def variant_sizes(corpus: corpora.Corpus, work: Path) -> dict:
+    """quiver's state (DuckDB file + index directory) after a build, for each of ``VARIANTS``."""
     out = {}
-    for dtype in ("f16", "i8"):
-        progress(f"quiver at {dtype}")
-        side = QuiverSide(work / f"quiver-{dtype}", corpus, dtype=dtype)
+    for label, options in VARIANTS.items():
+        progress(f"quiver with {label}")
+        side = QuiverSide(work / f"quiver-variant-{len(out)}", corpus, **options)
         side.load()
-        out[dtype] = side.build()["bytes"]
+        out[label] = side.build()["bytes"]
         shutil.rmtree(side.home)
     return out
 
@@ -318,7 +325,7 @@ def main() -> int:
     try:
         results["build"], quiver, raw, vss_db = build_all(size, corpus, work)
         if size.dtypes:
-            results["dtype_bytes"] = dtype_sizes(corpus, work)
+            results["variant_bytes"] = variant_sizes(corpus, work)
         results["query"] = queries_all(size, corpus, quiver, raw, vss_db, work)
         results["update"] = updates_all(corpus, quiver, vss_db, work)
         progress("queries after the update rounds")

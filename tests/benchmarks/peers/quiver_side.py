@@ -50,14 +50,14 @@ def dir_bytes(path: Path) -> int:
 
 
 class QuiverSide:
-    def __init__(self, home: Path, corpus: Corpus, dtype: str = "f32"):
+    def __init__(self, home: Path, corpus: Corpus, dtype: str = "f32", keep_previous: bool = True):
         self.home, self.corpus = home, corpus
         self.db, self.source, self.index = home / "quiver.duckdb", home / "source.parquet", home / DATASET
         home.mkdir(parents=True, exist_ok=True)
         self.identity = IndexIdentity(
             dim=corpus.base.vectors.shape[1], metric="cosine", dtype=dtype, model=corpus.model
         )
-        self.store = IndexStore(self.index, DATASET, self.identity, PARAMS, LAYOUT.primary_key)
+        self.store = IndexStore(self.index, DATASET, self.identity, PARAMS, LAYOUT.primary_key, keep_previous)
         self.spec = home / "datasets.yaml"
         entry = {
             "name": DATASET,

@@ -204,10 +204,10 @@ def _size_rows(r: dict, add) -> None:
         "<= 2.5x raw (f32 index)",
         _verdict(q_build / raw <= 2.5),
     )
-    for dtype, sizes in r.get("dtype_bytes", {}).items():
+    for label, sizes in r.get("variant_bytes", {}).items():
         total = sizes["duckdb"] + sizes["index_dir"]
         add(
-            f"size after build MiB, quiver with a {dtype} index",
+            f"size after build MiB, quiver with {label}",
             f"{mib(total):.1f} (index {mib(sizes['index_dir']):.1f})",
             "",
             "",
