@@ -110,11 +110,44 @@ def remove_temp_files(root: Path) -> list[Path]:
 CHECKSUM_ALGORITHM = "xxh3_128"
 
 
-def checksum_file(path: Path) -> str:
-    """``xxh3_128:<hex>`` of the file's bytes."""
+def checksum_file(path: Path, length: int | None = None) -> str:
+    """``xxh3_128:<hex>`` of the file's bytes (its first ``length`` bytes when given)."""
     digest = xxhash.xxh3_128()
     buffer = memoryview(bytearray(_HASH_CHUNK))
+    left = length
     with open(path, "rb", buffering=0) as handle:
-        while read := handle.readinto(buffer):
+        while left is None or left > 0:
+            read = handle.readinto(buffer if left is None else buffer[: min(left, _HASH_CHUNK)])
+            if not read:
+                break
             digest.update(buffer[:read])
+            left = None if left is None else left - read
     return f"{CHECKSUM_ALGORITHM}:{digest.hexdigest()}"
+
+
+class HashingWriter:
+    """A write-only file object that checksums what passes through it (``checksum()``, ``written``),
+    for formats whose checksum must be computed while they are written."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self._digest = xxhash.xxh3_128()
+        self.written = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        self._digest.update(data)
+        self.written += len(data)
+        return self._handle.write(data)
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        self._handle.flush()
+
+    def close(self) -> None:  # the caller owns the handle
+        self.closed = True
+
+    def checksum(self) -> str:
+        return f"{CHECKSUM_ALGORITHM}:{self._digest.hexdigest()}"

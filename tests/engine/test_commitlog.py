@@ -257,6 +257,64 @@ def test_a_damaged_segment_is_refused_never_served(tmp_path, kit, how):
         commitlog.read_segment(listed, identity)
 
 
+def test_any_flipped_byte_before_the_footer_is_refused(tmp_path, kit):
+    """Page CRCs leave page headers uncovered; the body checksum covers every byte before the footer."""
+    ref, identity = _one_segment(tmp_path, kit)
+    raw = ref.path.read_bytes()
+    body = _footer_start(raw)
+    positions = sorted({*range(4, 64), *np.linspace(4, body - 1, 200).astype(int).tolist()})
+    for at in positions:
+        garbled = bytearray(raw)
+        garbled[at] ^= 0x10
+        ref.path.write_bytes(bytes(garbled))
+        with pytest.raises(CorruptFileError, match=ref.path.name):
+            commitlog.read_segment(ref, identity)
+    ref.path.write_bytes(raw)
+    assert commitlog.read_segment(ref, identity).num_rows == 60
+
+
+def _version_1_segment(path, table, first, last, identity):
+    """A segment as version 1 wrote it: dictionary-encoded vectors, no body checksum."""
+    metadata = {
+        "quiver.format_version": "1",
+        "quiver.first": str(first),
+        "quiver.last": str(last),
+        "quiver.records": str(table.num_rows),
+        "quiver.dim": str(identity.dim),
+        "quiver.metric": identity.metric,
+        "quiver.model": identity.model,
+    }
+    pq.write_table(table.replace_schema_metadata(metadata), path, compression="zstd", write_page_checksum=True)
+
+
+def test_version_1_segments_are_still_read_and_version_2_is_smaller(tmp_path, kit):
+    identity = kit.make_identity(dim=64)
+    table, first, last = kit.Workload(4, identity.dim).batch(inserts=300)
+    old = tmp_path / commitlog.LOG_DIR / commitlog.segment_name(first, last)
+    old.parent.mkdir()
+    _version_1_segment(old, table, first, last, identity)
+    old_bytes = old.stat().st_size
+    [listed] = commitlog.list_segments(tmp_path)
+    v1 = commitlog.read_segment(listed, identity)
+    assert v1.num_rows == 300
+    old.unlink()
+    new = commitlog.write_segment(tmp_path, table, first, last, identity)
+    assert commitlog.read_segment(new, identity).equals(v1)
+    assert new.bytes < 0.9 * old_bytes  # no dictionary pages of unique floats
+
+
+def test_a_segment_of_an_unknown_version_is_refused(tmp_path, kit):
+    identity = kit.make_identity()
+    table, first, last = kit.Workload(2, identity.dim).batch(inserts=5)
+    path = tmp_path / commitlog.LOG_DIR / commitlog.segment_name(first, last)
+    path.parent.mkdir()
+    _version_1_segment(path, table, first, last, identity)
+    meta = {k.decode(): v.decode() for k, v in pq.read_schema(path).metadata.items()} | {"quiver.format_version": "9"}
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    with pytest.raises(CorruptFileError, match="format version '9'"):
+        commitlog.read_segment(commitlog.list_segments(tmp_path)[0], identity)
+
+
 def test_a_missing_segment_is_not_reported_as_corrupt(tmp_path, kit):
     ref, identity = _one_segment(tmp_path, kit)
     ref.path.unlink()
