@@ -1,8 +1,8 @@
 """The Dagster resources: thin, plain fields, heavy state built lazily once per process.
 
 DuckDB itself goes through ``dagster_duckdb.DuckDBResource``; ``open_connection`` wraps it so the
-connection is always closed (also on error), the home directory exists, and small commits stay in
-DuckDB's WAL (``warehouse.defer_checkpoints``).
+connection is always closed (also on error), the home directory exists, and the writer settings
+apply (``warehouse.writer_settings``: small commits stay in the WAL, vectors are not ALP-compressed).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def open_connection(resource: DuckDBResource) -> Iterator[duckdb.DuckDBPyConnect
     Path(resource.database).parent.mkdir(parents=True, exist_ok=True)
     with resource.get_connection() as conn:
         try:
-            warehouse.defer_checkpoints(conn)
+            warehouse.writer_settings(conn)
             yield conn
         finally:
             conn.close()

@@ -88,7 +88,8 @@ class Searcher:
             matrix = np.stack(rows) if rows else np.empty((0, dim), np.float32)
         if matrix.shape[1] != dim:
             raise SearchError(
-                f"dataset {dataset!r}: the query vectors have {matrix.shape[1]} dimensions, the index holds "
+                f"dataset {dataset!r}: the query vector{'s have' if len(matrix) > 1 else ' has'} {matrix.shape[1]} "
+                "dimensions, the index holds "
                 f"{dim}-dimensional vectors of model {reader.identity.model!r}"
             )
         if not np.all(np.isfinite(matrix)):
@@ -130,9 +131,8 @@ class Searcher:
         columns = self._check(reader, dataset, k, columns, ef_search)
         if isinstance(query, str) and not query.strip():
             raise SearchError(f"dataset {dataset!r}: the query text is empty; pass some words or a vector")
-        vectors = self.query_vectors(
-            dataset, [query] if isinstance(query, str) else [np.asarray(query).reshape(-1)], reader
-        )
+        one = [query] if isinstance(query, str) else np.asarray(query, dtype=np.float32).reshape(1, -1)
+        vectors = self.query_vectors(dataset, one, reader)
         try:
             return reader.search_rows(vectors[0], int(k), columns, ef_search, where=where)
         except FilterError as error:

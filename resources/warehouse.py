@@ -98,17 +98,23 @@ class TableLayout:
         return self.table("watermark")
 
 
-def defer_checkpoints(conn: duckdb.DuckDBPyConnection) -> None:
-    """Leave small commits in DuckDB's WAL when the connection closes, instead of checkpointing.
+def writer_settings(conn: duckdb.DuckDBPyConnection) -> None:
+    """Settings for every connection that writes the database file (``open_connection`` applies them).
 
-    By default DuckDB checkpoints at every close, and a checkpoint rewrites the partly filled
-    blocks of every column a commit touched: at 100,000 rows a refresh of 3,000 changed rows wrote
-    3.8x their raw bytes to the database file, against 1.8x with the WAL kept (measured by
-    ``make bench``). The WAL is DuckDB's own durability (replayed on open, read-only opens
-    included); it is checkpointed when it passes ``checkpoint_threshold`` (16 MiB), and a commit
-    too big for the WAL is checkpointed directly, as before. Every writer calls this on open.
+    - Small commits stay in DuckDB's WAL when the connection closes, instead of a checkpoint at
+      every close: a checkpoint rewrites the partly filled blocks of every column a commit touched,
+      so at 100,000 rows a refresh of 3,000 changed rows wrote 3.8x their raw bytes to the database
+      file (``make bench``, update rounds); with the WAL kept, 1.15x between checkpoints and 1.8x
+      counting the checkpoint that comes every few refreshes. The WAL is DuckDB's own
+      durability (replayed on open, read-only opens included); DuckDB checkpoints once it passes
+      ``checkpoint_threshold`` (16 MiB), and a commit too big for it is checkpointed directly.
+    - No ALP/ALPRD compression: embedding floats do not compress, and ALPRD stored a FLOAT[384]
+      column at 1.57x its raw bytes (blocks two-thirds full); uncompressed it takes 1.0x, and
+      checkpoints write it faster. Other DOUBLE/FLOAT columns are stored uncompressed too.
+      Data written with them stays readable.
     """
     conn.execute("PRAGMA disable_checkpoint_on_shutdown")
+    conn.execute("SET disabled_compression_methods = 'alp,alprd'")
 
 
 def table_exists(conn: duckdb.DuckDBPyConnection, name: str) -> bool:

@@ -131,7 +131,7 @@ def refresh(work: Path) -> None:
 def writer_connection(work: Path):
     """A writer's connection as the assets open it (``open_connection``: small commits stay in the WAL)."""
     with duckdb.connect(str(database_path(work))) as conn:
-        warehouse.defer_checkpoints(conn)
+        warehouse.writer_settings(conn)
         yield conn
 
 
