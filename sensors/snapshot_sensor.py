@@ -7,7 +7,7 @@ last seq, so one threshold crossing gives one run, across ticks and daemon resta
 
 A snapshot publishes the graph that ``<ds>/index:recall_at_10`` measured, so while that check's
 latest evaluation failed with ERROR the sensor requests nothing and says why; the next refresh that
-passes it lets snapshots through again.
+passes it lets snapshots through again. While a refresh run's check is still to come, it waits.
 """
 
 from __future__ import annotations
@@ -50,9 +50,23 @@ def first_since_start(cursor: str | None) -> bool:
 
 
 def failed_recall(instance: dg.DagsterInstance, spec: DatasetSpec) -> str | None:
-    """Why the latest ``recall_at_10`` evaluation blocks snapshots, or None when it does not."""
+    """Why ``recall_at_10`` holds snapshots back now, or None when it does not.
+
+    While a run that will evaluate the check is still going (its evaluation is only planned), the
+    log it appends to has not been measured yet: wait for it. Otherwise the latest completed
+    evaluation decides (a run that ended before its check ran leaves a plan that never completes).
+    """
     check = dg.AssetCheckKey(key(spec, "index"), "recall_at_10")
-    record = instance.event_log_storage.get_latest_asset_check_execution_by_key([check]).get(check)
+    records = instance.event_log_storage.get_asset_check_execution_history(check, limit=20)  # newest first
+    done = [r for r in records if isinstance(r.evaluation, dg.AssetCheckEvaluation)]  # the rest are only planned
+    if records and not isinstance(records[0].evaluation, dg.AssetCheckEvaluation):
+        run = instance.get_run_by_id(records[0].run_id)
+        if run is not None and not run.is_finished:
+            return (
+                f"{spec.name}: waiting for run {records[0].run_id[:8]}, whose recall_at_10 check on {spec.name}/index "
+                "has not finished; a snapshot publishes only a measured graph"
+            )
+    record = done[0] if done else None
     evaluation = record.evaluation if record is not None else None
     if evaluation is None or evaluation.passed or evaluation.severity != dg.AssetCheckSeverity.ERROR:
         return None

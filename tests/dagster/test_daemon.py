@@ -15,6 +15,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterEventType
+from dagster._core.scheduler.instigation import TickStatus  # not exported by dagster itself
 
 from pipelines import query
 from resources.index.manifest import read_manifest
@@ -95,6 +96,12 @@ def test_new_files_are_refreshed_snapshotted_and_found(tmp_path, sample_table, m
         daemon.wait_for("two more snapshot ticks", lambda: len(daemon.ticks(sensor)) >= ticks_before + 2, 60)
         assert len(daemon.instance.get_runs()) == 2 * len(DATASETS)
         decisions = [tick.skip_reason or f"requested {list(tick.run_keys)}" for tick in daemon.ticks(sensor)]
+        failed = [
+            (name, tick.error.to_string() if tick.error else "")
+            for name in (f"{d}_{kind}_sensor" for d in DATASETS for kind in ("source", "snapshot"))
+            for tick in daemon.ticks(name)
+            if tick.status == TickStatus.FAILURE
+        ]
         cursor = json.loads(daemon.sensor_cursor(sensor))
         times = {name: daemon.run_times(run.run_id) for name, run in refreshes.items()}
         steps = {name: _writer_steps(daemon, run.run_id) for name, run in refreshes.items()}
@@ -106,6 +113,7 @@ def test_new_files_are_refreshed_snapshotted_and_found(tmp_path, sample_table, m
     overlaps = [(x[2], y[2]) for x in a for y in b if x[0] < y[1] and y[0] < x[1]]
     assert not overlaps, f"writer steps of the two refresh runs overlapped: {overlaps}"
 
+    assert not failed, f"sensor ticks failed: {failed}"
     assert cursor["last_seq"] == 85 and cursor["due"] is False
     assert "requested ['pkgs:snapshot:85']" in decisions, decisions
     print(f"\ndaemon test: {took:.0f}s with the daemon up")

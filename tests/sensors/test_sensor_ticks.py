@@ -303,3 +303,40 @@ def test_a_failed_recall_check_holds_snapshots_back(project):
     report(passed=False)
     report(passed=True, recall=0.99)  # the next refresh passes: snapshots go through again
     assert len(requests_of(tick(defs, f"{DS}_snapshot_sensor", instance))) == 1
+
+
+def test_a_recall_check_still_to_come_makes_the_sensor_wait(project):
+    """A refresh run evaluates recall_at_10 after it appends its segment: until then the check is
+    only planned (no pass/fail yet). The sensor waits while that run goes on, and once the run has
+    ended without evaluating it, the latest completed evaluation decides again."""
+    from dagster import AssetCheckEvaluation, AssetCheckKey, AssetCheckSeverity, AssetKey
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationPlanned
+    from dagster._core.events import DagsterEvent, DagsterEventType
+    from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+
+    index = project.index()
+    index.add(100)
+    _, defs = project.make(interval_seconds=0, on_startup=False)
+    instance = DagsterInstance.ephemeral()
+    check = AssetCheckKey(AssetKey([DS, "index"]), "recall_at_10")
+    instance.report_runless_asset_event(
+        AssetCheckEvaluation(
+            asset_key=check.asset_key, check_name=check.name, passed=True, severity=AssetCheckSeverity.ERROR
+        )
+    )
+    run = instance.add_run(DagsterRun(job_name=f"{DS}_refresh", status=DagsterRunStatus.STARTED))
+    instance.report_dagster_event(
+        DagsterEvent(
+            DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED.value,
+            job_name=run.job_name,
+            event_specific_data=AssetCheckEvaluationPlanned(asset_key=check.asset_key, check_name=check.name),
+        ),
+        run_id=run.run_id,
+    )
+    waiting = tick(defs, f"{DS}_snapshot_sensor", instance)
+    assert not requests_of(waiting)
+    assert f"waiting for run {run.run_id[:8]}, whose recall_at_10 check on pkgs/index has not finished" in skip_message(
+        waiting
+    )
+    instance.report_run_failed(run)  # the run ended before its check ran: the plan never completes
+    assert len(requests_of(tick(defs, f"{DS}_snapshot_sensor", instance))) == 1
