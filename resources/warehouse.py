@@ -166,6 +166,10 @@ def load_source(
     """
     append = layout.refresh_mode == "append" and table_exists(conn, layout.rows)
     time_column = time_column if layout.refresh_mode == "append" else None
+    # DuckDB 1.5's external file cache served a source rewritten in place at the same size from its
+    # old bytes ("Snappy decompression failure" on a connection that had read it before; a quieter
+    # case would be stale rows). A refresh reads each file once: the cache buys nothing here.
+    conn.execute("SET enable_external_file_cache = false")
     conn.execute("BEGIN")
     try:
         source = "read_parquet(?, union_by_name = true)"

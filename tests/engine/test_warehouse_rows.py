@@ -63,6 +63,31 @@ def test_the_rows_table_equals_every_source_in_turn(tmp_path, sources):
         assert _table(conn) == _expected(rows)
 
 
+def test_a_source_rewritten_in_place_at_the_same_size_is_read_afresh(tmp_path):
+    """Found by the property test above: DuckDB's external file cache kept the first file's bytes."""
+    conn = duckdb.connect()
+    first = [
+        {"id": 0, "text": "a", "score": None, "tags": None},
+        {"id": 1, "text": "b", "score": None, "tags": None},
+        {"id": 2, "text": "c", "score": 0.0, "tags": None},
+        {"id": 3, "text": "a", "score": None, "tags": ["x"]},
+        {"id": 4, "text": "", "score": None, "tags": None},
+    ]
+    second = [
+        {"id": 0, "text": "b", "score": None, "tags": None},
+        {"id": 1, "text": "b", "score": None, "tags": None},
+        {"id": 2, "text": "", "score": None, "tags": None},
+        {"id": 3, "text": "b", "score": None, "tags": ["x"]},
+        {"id": 4, "text": "b", "score": 0.0, "tags": None},
+        {"id": 5, "text": "b", "score": 1.5, "tags": None},
+    ]
+    _load(conn, tmp_path, first)
+    size = (tmp_path / "source.parquet").stat().st_size
+    _load(conn, tmp_path, second)
+    assert (tmp_path / "source.parquet").stat().st_size == size
+    assert _table(conn) == _expected(second)
+
+
 def test_only_new_and_changed_rows_are_written_again(tmp_path):
     conn = duckdb.connect()
     base = [{"id": i, "text": f"row {i}", "score": float(i), "tags": ["x"]} for i in range(100)]
