@@ -186,14 +186,7 @@ class IndexReader:
 
     @property
     def served_columns(self) -> list[str]:
-        state = self.state
-        names: list[str] = []
-        for table in (state.snap.rows if state.snap else None, state.delta_rows):
-            if table is not None:
-                names += [
-                    n for n in table.column_names if n not in names and n not in (KEY, state.manifest.primary_key)
-                ]
-        return names
+        return _served_columns(self.state)
 
     def __len__(self) -> int:
         return self.state.live_vectors
@@ -362,7 +355,11 @@ class IndexReader:
         for recall checks; linear in the index size). ``where``: only rows matching this SQL
         predicate over the served columns (exactly ``min(k, matching)`` of them).
         """
-        state = self.state
+        return self._search(self.state, vector, k, ef_search, exact, where)
+
+    def _search(
+        self, state: _State, vector: np.ndarray, k: int, ef_search: int | None, exact: bool, where: str | None
+    ) -> Hits:
         vector = np.asarray(vector, dtype=np.float32).reshape(-1)
         ef_search = ef_search or state.manifest.hnsw.ef_search
         if where is not None:
@@ -455,7 +452,7 @@ class IndexReader:
     ) -> Hits:
         """Top ``k`` among the rows matching ``where``: exact over few matches, else the graph."""
         pk = state.manifest.primary_key
-        snap_match, delta_match = state.row_filter([pk, *self.served_columns]).matching(where)
+        snap_match, delta_match = state.row_filter([pk, *_served_columns(state)]).matching(where)
         if len(state.shadowed) and len(snap_match):
             snap_match = snap_match[~np.isin(snap_match, state.shadowed, assume_unique=True)]
         keys, distances = [], []
@@ -496,10 +493,28 @@ class IndexReader:
         return found_keys[hit][:k], np.asarray(found.distances, dtype=np.float32)[hit][:k]
 
     def rows(self, keys: np.ndarray, columns: list[str] | None = None) -> pa.Table:
-        """Primary key and served columns for ``keys``, in the order given."""
+        """Primary key and served columns for live ``keys``, in the order given.
+
+        Raises KeyError naming the keys that are not served (never inserted, or deleted): a
+        position found by binary search for a missing key would be another row's.
+        """
         state = self.state
+        keys = np.asarray(keys, dtype=np.uint64)
+        in_delta = _contains(state.delta_keys, keys)
+        from_snap = keys[~in_delta]
+        served = _contains(state.snap_keys, from_snap) & ~_contains(state.shadowed, from_snap)
+        if not served.all():
+            missing = from_snap[~served]
+            raise KeyError(
+                f"{len(missing)} of the {len(keys)} keys asked for are not served at seq {state.served_seq} "
+                f"(never inserted, or deleted): {missing[:10].tolist()}"
+            )
+        return self._rows(state, keys, columns)
+
+    def _rows(self, state: _State, keys: np.ndarray, columns: list[str] | None) -> pa.Table:
+        """``rows`` for keys known to be live in ``state`` (a search's hits in that same state)."""
         pk = state.manifest.primary_key
-        names = (pk, *(self.served_columns if columns is None else columns))
+        names = (pk, *(_served_columns(state) if columns is None else columns))
         if len(keys) == 0:
             return pa.table({name: pa.array([]) for name in names})
         snap_rows, delta_rows = state.selected(names)
@@ -524,14 +539,25 @@ class IndexReader:
         where: str | None = None,
     ) -> pa.Table:
         """Best first: the primary key, ``score`` (higher is better), ``distance``, served columns."""
-        hits = self.search(vector, k, ef_search, where=where)
-        rows = self.rows(hits.keys, columns)
+        state = self.state  # one served state for the hits and their rows (a refresh may swap it meanwhile)
+        hits = self._search(state, vector, k, ef_search, False, where)
+        rows = self._rows(state, hits.keys, columns)
         scores = scores_from_distances(self.identity.metric, hits.distances)
         arrays = rows.columns
         arrays[1:1] = [pa.array(scores, pa.float64()), pa.array(hits.distances.astype(np.float64))]
         names = rows.column_names
         names[1:1] = ["score", "distance"]
         return pa.Table.from_arrays(arrays, names=names)
+
+
+def _served_columns(state: _State) -> list[str]:
+    names: list[str] = []
+    for table in (state.snap.rows if state.snap else None, state.delta_rows):
+        if table is not None:
+            names += [
+                n for n in table.column_names if n not in names and n not in (KEY, state.manifest.primary_key)
+            ]
+    return names
 
 
 def _contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:

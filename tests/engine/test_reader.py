@@ -241,6 +241,49 @@ def test_rows_come_back_in_hit_order(tmp_path, kit):
     assert reader.rows(np.empty(0, dtype=np.uint64)).num_rows == 0
 
 
+def test_rows_refuses_keys_it_does_not_serve(tmp_path, kit):
+    """A missing key would land on a neighbour's position by binary search: it is refused instead."""
+    store, work = populate(tmp_path, kit, inserts=200)
+    before = set(work.model.rows)
+    store.take_snapshot()
+    store.append_segment(*work.batch(inserts=5, updates=5, deletes=10))
+    reader = IndexReader(tmp_path)
+    live = np.array(sorted(work.model.rows), dtype=np.uint64)
+    deleted = sorted(before - set(work.model.rows))
+    assert len(deleted) == 10
+    between = next(key for key in range(int(live[0]), int(live[-1])) if key not in before | set(work.model.rows))
+    for bad in (deleted[0], between, int(live[-1]) + 1):
+        with pytest.raises(KeyError, match=rf"not served at seq {work.last_seq}.*{bad}"):
+            reader.rows(np.array([live[0], bad, live[-1]], dtype=np.uint64))
+    assert reader.rows(live).num_rows == len(live)
+
+
+def test_search_rows_takes_its_rows_from_the_state_it_searched(tmp_path, kit):
+    """A refresh between the search and the row lookup (another thread's query) must not mix
+    states: the hits' rows come from the state that found them."""
+    store, work = populate(tmp_path, kit, inserts=200)
+    store.append_segment(*work.batch(inserts=20))  # the delta holds rows the snapshot lacks
+    reader = IndexReader(tmp_path)
+    delta_key = int(reader.state.delta_keys[0])
+    target = work.model.rows[delta_key]
+    search = reader._search
+
+    def search_then_delete(state, *args):
+        hits = search(state, *args)
+        seq = work.last_seq + 1
+        store.append_segment(kit.changes_table([kit.Record(seq, "delete", delta_key, target.pk, None, None)], 16), seq, seq)
+        work.last_seq = seq
+        assert reader.refresh(), "the refresh swapped the served state"
+        return hits
+
+    reader._search = search_then_delete
+    table = reader.search_rows(target.vector, 3)
+    assert table.column(kit.PK)[0].as_py() == target.pk
+    assert table.column("name")[0].as_py() == target.name
+    del reader._search
+    assert target.pk not in reader.search_rows(target.vector, 3).column(kit.PK).to_pylist()
+
+
 def test_a_reader_keeps_answering_after_the_store_removes_its_files(tmp_path, kit):
     """I5: a reader that mapped snapshot S keeps serving S + its delta after S is deleted."""
     store, work = populate(tmp_path, kit, inserts=300)
