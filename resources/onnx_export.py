@@ -213,7 +213,7 @@ def _make_fp32(root: Path, model_dir: Path, threads: int, sample: list[str] | No
     started = time.perf_counter()
     log.info("exporting %s to ONNX (once per model; needs torch)", model_dir)
     st = SentenceTransformer(str(model_dir), device="cpu").eval()
-    example = st.tokenize(["an example text", "a second, somewhat longer example text"])
+    example = st.preprocess(["an example text", "a second, somewhat longer example text"])  # tokenize, as ST 6 names it
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in example]
 
     class _Whole(torch.nn.Module):  # positional tensors in, the model's sentence embedding out
