@@ -422,9 +422,13 @@ class IndexReader:
         return keys[live][:k], dist[live][:k]
 
     def vectors(self, keys: np.ndarray) -> np.ndarray:
-        """The served vectors of live ``keys`` (float32, one row per key, in the order given)."""
+        """The served vectors of live ``keys`` (float32, one row per key, in the order given).
+
+        Raises KeyError naming the keys that are not served (never inserted, or deleted).
+        """
         state = self.state
         keys = np.asarray(keys, dtype=np.uint64)
+        _require_served(state, keys)
         out = np.empty((len(keys), state.manifest.identity.dim), dtype=np.float32)
         at = np.searchsorted(state.delta_keys, keys).clip(max=max(0, len(state.delta_keys) - 1))
         in_delta = state.delta_keys[at] == keys if len(state.delta_keys) else np.zeros(len(keys), dtype=bool)
@@ -500,15 +504,7 @@ class IndexReader:
         """
         state = self.state
         keys = np.asarray(keys, dtype=np.uint64)
-        in_delta = _contains(state.delta_keys, keys)
-        from_snap = keys[~in_delta]
-        served = _contains(state.snap_keys, from_snap) & ~_contains(state.shadowed, from_snap)
-        if not served.all():
-            missing = from_snap[~served]
-            raise KeyError(
-                f"{len(missing)} of the {len(keys)} keys asked for are not served at seq {state.served_seq} "
-                f"(never inserted, or deleted): {missing[:10].tolist()}"
-            )
+        _require_served(state, keys)
         return self._rows(state, keys, columns)
 
     def _rows(self, state: _State, keys: np.ndarray, columns: list[str] | None) -> pa.Table:
@@ -548,6 +544,19 @@ class IndexReader:
         names = rows.column_names
         names[1:1] = ["score", "distance"]
         return pa.Table.from_arrays(arrays, names=names)
+
+
+def _require_served(state: _State, keys: np.ndarray) -> None:
+    """KeyError unless every key is live in ``state``: in the delta, or in the snapshot and not
+    shadowed (a binary search for a missing key would find another row's position)."""
+    from_snap = keys[~_contains(state.delta_keys, keys)]
+    served = _contains(state.snap_keys, from_snap) & ~_contains(state.shadowed, from_snap)
+    if not served.all():
+        missing = from_snap[~served]
+        raise KeyError(
+            f"{len(missing)} of the {len(keys)} keys asked for are not served at seq {state.served_seq} "
+            f"(never inserted, or deleted): {missing[:10].tolist()}"
+        )
 
 
 def _served_columns(state: _State) -> list[str]:

@@ -253,9 +253,13 @@ def test_rows_refuses_keys_it_does_not_serve(tmp_path, kit):
     assert len(deleted) == 10
     between = next(key for key in range(int(live[0]), int(live[-1])) if key not in before | set(work.model.rows))
     for bad in (deleted[0], between, int(live[-1]) + 1):
+        asked = np.array([live[0], bad, live[-1]], dtype=np.uint64)
         with pytest.raises(KeyError, match=rf"not served at seq {work.last_seq}.*{bad}"):
-            reader.rows(np.array([live[0], bad, live[-1]], dtype=np.uint64))
+            reader.rows(asked)
+        with pytest.raises(KeyError, match=rf"not served at seq {work.last_seq}.*{bad}"):
+            reader.vectors(asked)
     assert reader.rows(live).num_rows == len(live)
+    np.testing.assert_array_equal(reader.vectors(live), np.stack([work.model.rows[int(k)].vector for k in live]))
 
 
 def test_search_rows_takes_its_rows_from_the_state_it_searched(tmp_path, kit):
