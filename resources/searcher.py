@@ -14,11 +14,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from resources.embedding import get_embedder
 from resources.index import IndexReader
 from resources.index.errors import IndexNotBuiltError
 from resources.index.manifest import manifest_path
 from resources.index.row_filter import FilterError
+
+
+def get_embedder(model: str, device: str | None):
+    # Imported on the first text query: a process that searches with vectors never loads it.
+    from resources.embedding import get_embedder
+
+    return get_embedder(model, device)
 
 
 class SearchError(ValueError):
