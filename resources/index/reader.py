@@ -158,6 +158,9 @@ class IndexReader:
         self.verify = verify  # checksums before mapping a snapshot (XXH3-128: 9 GB/s measured, sha256 1.3)
         self._state: _State | None = None
         self._refresh_problem: str | None = None
+        # One refresh at a time: two threads reading the directory at different moments could
+        # otherwise publish their states out of order, and the reader would move backwards.
+        self._refresh_lock = threading.Lock()
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -195,8 +198,12 @@ class IndexReader:
         """Pick up a new manifest or new segments; returns whether the served state changed.
 
         Raises only when there is nothing to serve yet; otherwise a failure keeps the current
-        state and is recorded in ``problems``.
+        state and is recorded in ``problems``. Thread-safe: searches running meanwhile keep their state.
         """
+        with self._refresh_lock:
+            return self._refresh_locked()
+
+    def _refresh_locked(self) -> bool:
         for attempt in range(_RELOAD_TRIES):
             last_try = attempt == _RELOAD_TRIES - 1
             try:

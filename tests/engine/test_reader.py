@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -286,6 +288,36 @@ def test_search_rows_takes_its_rows_from_the_state_it_searched(tmp_path, kit):
     assert table.column("name")[0].as_py() == target.name
     del reader._search
     assert target.pk not in reader.search_rows(target.vector, 3).column(kit.PK).to_pylist()
+
+
+def test_refreshes_from_two_threads_never_move_the_reader_backwards(tmp_path, kit):
+    """Thread A reads the directory, then thread B reads a newer one: B's state must end up served."""
+    store, work = populate(tmp_path, kit, inserts=100)
+    reader = IndexReader(tmp_path)
+    store.append_segment(*work.batch(inserts=5))
+    a_read, a_may_publish = threading.Event(), threading.Event()
+    with_delta = reader._with_delta
+
+    def slow_first(*args):
+        state = with_delta(*args)
+        if not a_read.is_set():
+            a_read.set()
+            a_may_publish.wait(10)
+        return state
+
+    reader._with_delta = slow_first
+    a = threading.Thread(target=reader.refresh)
+    a.start()
+    assert a_read.wait(10)
+    store.append_segment(*work.batch(inserts=5))
+    b = threading.Thread(target=reader.refresh)
+    b.start()
+    b.join(0.5)  # without the lock B would publish the newer state now, and A overwrite it
+    a_may_publish.set()
+    a.join(10)
+    b.join(10)
+    assert reader.state.served_seq == work.last_seq
+    assert reader_keys(reader) == set(work.model.rows)
 
 
 def test_a_reader_keeps_answering_after_the_store_removes_its_files(tmp_path, kit):
