@@ -435,11 +435,9 @@ class IndexReader:
         """
         state = self.state
         keys = np.asarray(keys, dtype=np.uint64)
-        _require_served(state, keys)
+        in_delta = _require_served(state, keys)
         out = np.empty((len(keys), state.manifest.identity.dim), dtype=np.float32)
-        at = np.searchsorted(state.delta_keys, keys).clip(max=max(0, len(state.delta_keys) - 1))
-        in_delta = state.delta_keys[at] == keys if len(state.delta_keys) else np.zeros(len(keys), dtype=bool)
-        out[in_delta] = state.delta_vectors[at[in_delta]]
+        out[in_delta] = state.delta_vectors[np.searchsorted(state.delta_keys, keys[in_delta])]
         if (~in_delta).any():
             got = state.snap.index.get(keys[~in_delta], dtype=np.float32)
             out[~in_delta] = np.vstack(got) if isinstance(got, tuple) else got
@@ -553,10 +551,12 @@ class IndexReader:
         return pa.Table.from_arrays(arrays, names=names)
 
 
-def _require_served(state: _State, keys: np.ndarray) -> None:
+def _require_served(state: _State, keys: np.ndarray) -> np.ndarray:
     """KeyError unless every key is live in ``state``: in the delta, or in the snapshot and not
-    shadowed (a binary search for a missing key would find another row's position)."""
-    from_snap = keys[~_contains(state.delta_keys, keys)]
+    shadowed (a binary search for a missing key would find another row's position). Returns
+    which keys are in the delta."""
+    in_delta = _contains(state.delta_keys, keys)
+    from_snap = keys[~in_delta]
     served = _contains(state.snap_keys, from_snap) & ~_contains(state.shadowed, from_snap)
     if not served.all():
         missing = from_snap[~served]
@@ -564,6 +564,7 @@ def _require_served(state: _State, keys: np.ndarray) -> None:
             f"{len(missing)} of the {len(keys)} keys asked for are not served at seq {state.served_seq} "
             f"(never inserted, or deleted): {missing[:10].tolist()}"
         )
+    return in_delta
 
 
 def _served_columns(state: _State) -> list[str]:

@@ -277,7 +277,8 @@ def test_search_rows_takes_its_rows_from_the_state_it_searched(tmp_path, kit):
     def search_then_delete(state, *args):
         hits = search(state, *args)
         seq = work.last_seq + 1
-        store.append_segment(kit.changes_table([kit.Record(seq, "delete", delta_key, target.pk, None, None)], 16), seq, seq)
+        deletion = kit.changes_table([kit.Record(seq, "delete", delta_key, target.pk, None, None)], 16)
+        store.append_segment(deletion, seq, seq)
         work.last_seq = seq
         assert reader.refresh(), "the refresh swapped the served state"
         return hits
