@@ -33,9 +33,9 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 # Materialize every asset of the spec through Dagster (rows, embeddings, commit log, snapshot),
 # then query the index.
 demo: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster asset materialize -m pipelines.definitions --select '*'
-	$(BIN)/python -m pipelines status
-	$(BIN)/python -m pipelines.demo
+	$(BIN)/dagster asset materialize -m quiver.pipelines.definitions --select '*'
+	$(BIN)/python -m quiver status
+	$(BIN)/python -m quiver.pipelines.demo
 
 test: install
 	$(BIN)/python -m pytest -q

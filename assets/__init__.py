@@ -1,14 +1,14 @@
 """Asset factories, one per stage; ``dataset_assets`` makes a dataset's whole chain, ``dataset_checks``
 its asset checks, ``evaluation_asset`` its on-demand recall/latency evaluation."""
 
-from assets.checks import dataset_checks
-from assets.embeddings import embeddings_asset
-from assets.evaluation import evaluation_asset
-from assets.index import index_asset
-from assets.naming import source_spec
-from assets.rows import rows_asset
-from assets.snapshot import snapshot_asset
-from pipelines.spec import DatasetSpec
+from quiver.assets.checks import dataset_checks
+from quiver.assets.embeddings import embeddings_asset
+from quiver.assets.evaluation import evaluation_asset
+from quiver.assets.index import index_asset
+from quiver.assets.rows import rows_asset
+from quiver.assets.snapshot import snapshot_asset
+from quiver.resources.dagster.naming import source_spec
+from quiver.resources.spec import DatasetSpec
 
 __all__ = ["dataset_assets", "dataset_checks", "evaluation_asset"]
 

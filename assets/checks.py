@@ -1,4 +1,4 @@
-"""Asset checks per dataset: is the index healthy and good? (the measuring is in resources.health)
+"""Asset checks per dataset: is the index healthy and good? (the measuring is in quiver.resources.health)
 
 - ``<ds>/embeddings:embeddings_valid`` (blocking): the model's dimension, no null, NaN, infinite or
   zero vector; names the offending primary keys. Reads DuckDB (writer pool).
@@ -16,12 +16,13 @@ import time
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from assets.naming import key, layout
-from pipelines.spec import DatasetSpec
-from resources import health, warehouse
-from resources.dagster_resources import WRITER_POOL, EmbedderResource, IndexResource, open_connection
-from resources.index import IndexReader
-from resources.index.errors import CorruptFileError, IndexNotBuiltError
+from quiver.resources import health, warehouse
+from quiver.resources.dagster.naming import key
+from quiver.resources.dagster.resources import WRITER_POOL, EmbedderResource, IndexResource, open_connection
+from quiver.resources.index import IndexReader
+from quiver.resources.index.errors import CorruptFileError, IndexNotBuiltError
+from quiver.resources.spec import DatasetSpec
+from quiver.resources.warehouse import layout_for
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 _LIST_LIMIT = 20
@@ -40,7 +41,7 @@ def _unreadable(error: Exception) -> dg.AssetCheckResult:
 
 
 def embeddings_valid_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
-    table = layout(spec)
+    table = layout_for(spec)
 
     @dg.asset_check(
         asset=key(spec, "embeddings"),
@@ -150,7 +151,7 @@ def recall_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
 
 
 def parity_check(spec: DatasetSpec) -> dg.AssetChecksDefinition:
-    table = layout(spec)
+    table = layout_for(spec)
 
     @dg.asset_check(
         asset=key(spec, "index"),

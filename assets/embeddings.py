@@ -8,11 +8,12 @@ import numpy as np
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from assets.naming import key, layout, tags
-from pipelines.spec import DatasetSpec
-from resources import health, warehouse
-from resources.dagster_resources import WRITER_POOL, EmbedderResource, open_connection
-from resources.embed_progress import ProgressLog
+from quiver.resources import health, warehouse
+from quiver.resources.dagster.naming import key, tags
+from quiver.resources.dagster.resources import WRITER_POOL, EmbedderResource, open_connection
+from quiver.resources.embedding.progress import ProgressLog
+from quiver.resources.spec import DatasetSpec
+from quiver.resources.warehouse import layout_for
 
 
 class EmbeddingsConfig(dg.Config):
@@ -32,7 +33,7 @@ def rebuild_fix(spec: DatasetSpec) -> str:
     return (
         f"ask for a full rebuild (it embeds every row again and rebuilds the index): set `full_rebuild: true` "
         f"in the run config of {asset.to_user_string()} (Dagster launchpad), or run\n"
-        f"  dagster asset materialize -m pipelines.definitions --select 'tag:dataset={spec.name}' "
+        f"  dagster asset materialize -m quiver.pipelines.definitions --select 'tag:dataset={spec.name}' "
         f"--config-json '{json.dumps(config)}'"
     )
 
@@ -52,7 +53,7 @@ class _Stages:
 
 
 def embeddings_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
-    table = layout(spec)
+    table = layout_for(spec)
     model_name = spec.embeddings.identity  # "+int8" when quantized: another model, other vectors
 
     @dg.asset(
@@ -99,7 +100,7 @@ def _embed(
         clock.lap("embed")
         return np.empty((0, 0), dtype=np.float32)
     model = embedder.get(spec.embeddings.identity)
-    warehouse.require_dimension(layout(spec), plan, model.dim, fix=rebuild_fix(spec))  # before hours of work
+    warehouse.require_dimension(layout_for(spec), plan, model.dim, fix=rebuild_fix(spec))  # before hours of work
     clock.lap(None)  # loading the model is not embedding
     context.log.info(
         "%s: embedding %d rows with %s (%s, %d threads)", spec.name, len(texts), model.model, model.backend, model.threads

@@ -14,11 +14,11 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from assets.naming import key, tags
-from pipelines.spec import DatasetSpec
-from resources import health
-from resources.dagster_resources import IndexResource
-from resources.index import IndexReader
+from quiver.resources import health
+from quiver.resources.dagster.naming import key, tags
+from quiver.resources.dagster.resources import IndexResource
+from quiver.resources.index import IndexReader
+from quiver.resources.spec import DatasetSpec
 
 CHART_NAME = "recall_vs_ef_search.png"
 REPORTS_DIR = "quiver-reports"

@@ -7,12 +7,13 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from assets.naming import key, layout, tags
-from pipelines.spec import DatasetSpec
-from resources import health, warehouse
-from resources.dagster_resources import WRITER_POOL, IndexResource, open_connection
-from resources.index import CorruptFileError, read_stats
-from resources.log_sync import sync_log
+from quiver.resources import health, warehouse
+from quiver.resources.dagster.naming import key, tags
+from quiver.resources.dagster.resources import WRITER_POOL, IndexResource, open_connection
+from quiver.resources.index import CorruptFileError, read_stats
+from quiver.resources.log_sync import sync_log
+from quiver.resources.spec import DatasetSpec
+from quiver.resources.warehouse import layout_for
 
 
 class IndexConfig(dg.Config):
@@ -26,7 +27,7 @@ class IndexConfig(dg.Config):
 
 
 def index_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
-    table = layout(spec)
+    table = layout_for(spec)
 
     @dg.asset(
         key=key(spec, "index"),

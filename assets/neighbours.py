@@ -14,9 +14,9 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from assets.naming import key, layout, tags
-from resources.dagster_resources import WRITER_POOL, SearchResource, open_connection
-from resources.warehouse import q
+from quiver.resources.dagster.naming import key, tags
+from quiver.resources.dagster.resources import WRITER_POOL, SearchResource, open_connection
+from quiver.resources.warehouse import layout_for, q
 
 
 class NeighboursConfig(dg.Config):
@@ -33,7 +33,7 @@ def neighbours_key(dataset: str) -> dg.AssetKey:
 
 def newest_vectors(conn, spec, rows: int) -> tuple[list, np.ndarray]:
     """Primary keys and vectors of the ``rows`` most recently changed rows, newest first."""
-    table = layout(spec)
+    table = layout_for(spec)
     found = conn.execute(
         f"SELECT {q(spec.primary_key)} AS pk, _vector FROM {table.embeddings} ORDER BY _seq DESC LIMIT ?", [rows]
     ).to_arrow_table()

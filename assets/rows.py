@@ -5,14 +5,15 @@ import time
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from assets.naming import key, layout, tags
-from pipelines.spec import DatasetSpec
-from resources import health, warehouse
-from resources.dagster_resources import WRITER_POOL, open_connection
+from quiver.resources import health, warehouse
+from quiver.resources.dagster.naming import key, tags
+from quiver.resources.dagster.resources import WRITER_POOL, open_connection
+from quiver.resources.spec import DatasetSpec
+from quiver.resources.warehouse import layout_for
 
 
 def rows_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
-    table = layout(spec)
+    table = layout_for(spec)
 
     @dg.asset(
         key=key(spec, "rows"),

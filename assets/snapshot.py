@@ -4,12 +4,12 @@ import time
 
 import dagster as dg
 
-from assets.naming import key, tags
-from pipelines.spec import DatasetSpec
-from resources import health
-from resources.dagster_resources import IndexResource
-from resources.index import CorruptFileError, LogStats, read_stats
-from resources.index.manifest import read_manifest
+from quiver.resources import health
+from quiver.resources.dagster.naming import key, tags
+from quiver.resources.dagster.resources import IndexResource
+from quiver.resources.index import CorruptFileError, LogStats, read_stats
+from quiver.resources.index.manifest import read_manifest
+from quiver.resources.spec import DatasetSpec
 
 
 def snapshot_asset(spec: DatasetSpec) -> dg.AssetsDefinition:

@@ -1,9 +1,11 @@
-"""quiver's Dagster project: definitions, jobs, schedules, the dataset spec, the command line,
-and the query helper ``search`` (``from pipelines import search``).
+"""The top layer: the one Definitions, jobs, schedules, the command line, HTTP and SQL surfaces,
+and the query helpers ``search``/``search_batch`` (also at ``quiver.search``).
 
-Importing this package stays light (no Dagster, no torch): the helper loads what it needs on use.
+The dataset spec lives in the engine (``quiver.resources.spec``, its input); it is re-exported
+here for the Dagster layer's users. Importing this package stays light (no Dagster, no torch).
 """
 
-from pipelines.query import search, search_batch
+from quiver.pipelines.query import search, search_batch
+from quiver.resources.spec import DatasetSpec, QuiverSpec, SpecError, UnknownDatasetError, load_spec
 
-__all__ = ["search", "search_batch"]
+__all__ = ["DatasetSpec", "QuiverSpec", "SpecError", "UnknownDatasetError", "load_spec", "search", "search_batch"]

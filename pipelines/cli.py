@@ -1,30 +1,32 @@
 """Command line over the query helper and the index state, for people and scripts.
 
-    python -m pipelines search DATASET "text" [--k 10] [--columns a,b] [--where SQL] [--ef-search N] [--json]
-    python -m pipelines status [DATASET] [--json]
-    python -m pipelines serve [--host 127.0.0.1] [--port 8000]   (HTTP, see pipelines.http_api)
+    python -m quiver search DATASET "text" [--k 10] [--columns a,b] [--where SQL] [--ef-search N] [--json]
+    python -m quiver status [DATASET] [--json]
+    python -m quiver serve [--host 127.0.0.1] [--port 8000]   (HTTP, see quiver.pipelines.http_api)
 
-Materializing goes through Dagster itself (``dagster asset materialize -m pipelines.definitions``).
+Materializing goes through Dagster itself (``dagster asset materialize -m quiver.pipelines.definitions``).
 Errors print one line to stderr and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from datetime import date, datetime
-from decimal import Decimal
 
 import pyarrow as pa
 
-from pipelines.query import search
-from pipelines.spec import SpecError, default_home, load_spec
+from quiver.pipelines.http_api import serve
+from quiver.pipelines.query import search
+from quiver.resources.index import read_stats
+from quiver.resources.index.manifest import manifest_path, read_manifest
+from quiver.resources.index.snapshot_policy import SnapshotPolicy, decide
+from quiver.resources.spec import SpecError, default_home, load_spec
+from quiver.resources.values import dumps, format_table
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines", description="quiver: query and inspect indexes")
+    parser = argparse.ArgumentParser(prog="python -m quiver", description="quiver: query and inspect indexes")
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("search", help="top-k rows for a text")
     s.add_argument("dataset")
@@ -49,60 +51,27 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def _jsonable(value):
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, bytes):
-        return value.hex()
-    return value
-
-
-def format_table(rows: list[dict], max_width: int = 60) -> str:
-    if not rows:
-        return "(no rows)"
-    names = list(rows[0])
-
-    def cell(value) -> str:
-        text = f"{value:.4f}" if isinstance(value, float) else str(value)
-        text = text.replace("\n", " ")
-        return text if len(text) <= max_width else text[: max_width - 1] + "…"
-
-    cells = [[cell(row[n]) for n in names] for row in rows]
-    widths = [max(len(n), *(len(r[i]) for r in cells)) for i, n in enumerate(names)]
-    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(names), line(["-" * w for w in widths]), *(line(r) for r in cells)])
-
-
 def _search(args) -> int:
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     table: pa.Table = search(
         args.dataset, args.text, k=args.k, columns=columns, where=args.where, ef_search=args.ef_search
     )
-    rows = [{k: _jsonable(v) for k, v in row.items()} for row in table.to_pylist()]
-    print(json.dumps(rows, indent=2, ensure_ascii=False) if args.json else format_table(rows))
+    rows = table.to_pylist()
+    print(dumps(rows, indent=2) if args.json else format_table(rows))
     return 0
 
 
 def _serve(args) -> int:
-    from pipelines.http_api import serve
-
     serve(args.host, args.port)
     return 0
 
 
 def dataset_status(spec, home) -> dict:
-    from resources.index import read_stats
-    from resources.index.manifest import manifest_path, read_manifest
-    from sensors.snapshot_policy import decide
-    from sensors.snapshot_sensor import policy_for
-
     root = home / spec.name
     if not manifest_path(root).exists():
         return {"dataset": spec.name, "index": str(root), "built": False}
     manifest, stats = read_manifest(root), read_stats(root)
-    decision = decide(stats, policy_for(spec))  # what the sensor decides on any tick but its first
+    decision = decide(stats, SnapshotPolicy.from_spec(spec.snapshots))  # what the sensor decides on any tick but its first
     return {
         "dataset": spec.name,
         "index": str(root),
@@ -129,7 +98,7 @@ def _status(args) -> int:
     datasets = [spec.get(args.dataset)] if args.dataset else list(spec.datasets)
     states = [dataset_status(d, home) for d in datasets]
     if args.json:
-        print(json.dumps(states, indent=2))
+        print(dumps(states, indent=2))
     else:
         for state in states:
             print(f"{state['dataset']}:")

@@ -1,6 +1,6 @@
 """The one place a ``Definitions`` is built: every dataset of the spec, side by side.
 
-``QUIVER_DATASETS`` names the spec and ``QUIVER_HOME`` the state directory (see pipelines.spec).
+``QUIVER_DATASETS`` names the spec and ``QUIVER_HOME`` the state directory (see quiver.resources.spec).
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from assets import dataset_assets, dataset_checks, evaluation_asset
-from assets.neighbours import neighbours_asset
-from pipelines.jobs import refresh_job, snapshot_job
-from pipelines.schedules import refresh_schedule
-from pipelines.spec import QuiverSpec, default_home, load_spec
-from resources.dagster_resources import EmbedderResource, IndexResource, SearchResource
-from sensors.snapshot_sensor import snapshot_sensor
-from sensors.source_sensor import source_sensor
+from quiver.assets import dataset_assets, dataset_checks, evaluation_asset
+from quiver.assets.neighbours import neighbours_asset
+from quiver.pipelines.jobs import refresh_job, snapshot_job
+from quiver.pipelines.schedules import refresh_schedule
+from quiver.resources.dagster.resources import EmbedderResource, IndexResource, SearchResource
+from quiver.resources.spec import QuiverSpec, default_home, load_spec
+from quiver.sensors.snapshot_sensor import snapshot_sensor
+from quiver.sensors.source_sensor import source_sensor
 
 DUCKDB_FILE = "quiver.duckdb"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from pipelines.cli import format_table
-from pipelines.query import search
+from quiver.pipelines.cli import format_table
+from quiver.pipelines.query import search
 
 QUERIES = ("python web framework", "play chess against the computer", "encrypt files with a password")
 

@@ -1,4 +1,4 @@
-"""An HTTP front for the searcher that speaks Spice's search API: ``python -m pipelines serve``.
+"""An HTTP front for the searcher that speaks Spice's search API: ``python -m quiver serve``.
 
     POST /v1/search  {"text": "wireless headphones", "datasets": ["products"], "where": "price < 100",
                       "additional_columns": ["name"], "limit": 10}
@@ -15,8 +15,7 @@ score, best first, so ``limit`` caps the whole answer. ``value`` is the text tha
 primary key. ``duration_ms`` is an integer, as in Spice.
 
 Errors are ``{"error": "..."}``: 400 for a bad request, 404 for an unknown dataset or one with no
-index yet, 500 otherwise. Searches run one at a time in a worker thread: the reader refreshes its
-state between queries and is not meant to be shared by concurrent threads.
+index yet, 500 otherwise. Searches run one at a time in a worker thread (see ``lock`` below).
 """
 
 from __future__ import annotations
@@ -31,9 +30,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from pipelines.jsonrows import jsonable
-from resources.index.errors import IndexNotBuiltError
-from resources.searcher import SearchError, UnknownDatasetError
+from quiver.pipelines.query import searcher
+from quiver.resources.index.errors import IndexNotBuiltError
+from quiver.resources.search import SearchError
+from quiver.resources.spec import UnknownDatasetError, load_spec
+from quiver.resources.values import display, jsonable
 
 FIELDS = ("text", "datasets", "where", "additional_columns", "limit", "ef_search")
 DEFAULT_LIMIT = 10
@@ -47,12 +48,15 @@ def create_app(searcher, spec=None) -> Starlette:
     """A Starlette app over ``searcher``; ``spec`` (a QuiverSpec) names the datasets and their
     embedding columns, so matches can carry the embedded text as ``value``."""
     names = tuple(spec.names) if spec is not None else tuple(searcher.datasets or ())
+    # One search at a time, on purpose for now: what the reader builds lazily per served state (the
+    # delta's graph, column selections, the filter's in-memory DuckDB connection) and the embedder
+    # have not been shown safe under concurrent queries. Lifting it needs a concurrency test first.
     lock = threading.Lock()
 
     def value_of(dataset: str, row: dict, pk: str):
         embedded = spec.get(dataset).embeddings if spec is not None else None
         if embedded is not None and all(c in row for c in embedded.columns):
-            return embedded.separator.join("" if row[c] is None else str(row[c]) for c in embedded.columns)
+            return embedded.separator.join("" if row[c] is None else display(row[c]) for c in embedded.columns)
         return row[pk]
 
     def search_one(dataset: str, request: dict) -> list[dict]:
@@ -199,10 +203,7 @@ def _health(searcher, names: tuple[str, ...], lock: threading.Lock) -> list[dict
 
 def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the server in the foreground on the spec and home of ``QUIVER_DATASETS``/``QUIVER_HOME``."""
-    import uvicorn
-
-    from pipelines.query import searcher
-    from pipelines.spec import load_spec
+    import uvicorn  # only a server needs it
 
     app = create_app(searcher(), load_spec())
     uvicorn.run(app, host=host, port=port, log_level="info")

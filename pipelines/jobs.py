@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets.naming import key
-from pipelines.spec import DatasetSpec
+from quiver.resources.dagster.naming import key
+from quiver.resources.spec import DatasetSpec
 
 
 def refresh_job(spec: DatasetSpec) -> dg.UnresolvedAssetJobDefinition:

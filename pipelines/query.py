@@ -14,14 +14,14 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
+from quiver.resources.search import Searcher
+from quiver.resources.spec import ENV_DATASETS, ENV_HOME, default_home, default_spec_path, load_spec
+
 _SEARCHERS: dict = {}
 _LOCK = threading.Lock()
 
 
 def searcher():
-    from pipelines.spec import ENV_DATASETS, ENV_HOME, default_home, default_spec_path, load_spec
-    from resources.searcher import Searcher
-
     # Keyed by the variables themselves: resolving paths on every query would cost more than the lookup.
     key = (os.environ.get(ENV_DATASETS), os.environ.get(ENV_HOME))
     with _LOCK:

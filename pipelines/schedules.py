@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from pipelines.spec import DatasetSpec
+from quiver.resources.spec import DatasetSpec
 
 
 def refresh_schedule(spec: DatasetSpec, job) -> dg.ScheduleDefinition | None:

@@ -1,7 +1,7 @@
 """Vector search from SQL, on the user's own DuckDB connection.
 
     import duckdb
-    from pipelines.sql import register
+    from quiver.pipelines.sql import register
 
     conn = duckdb.connect()
     register(conn)  # QUIVER_DATASETS / QUIVER_HOME, or register(conn, home=..., spec_path=...)
@@ -37,7 +37,10 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from pipelines.jsonrows import dumps, jsonable
+from quiver.pipelines.query import searcher as default_searcher
+from quiver.resources.search import Searcher
+from quiver.resources.spec import default_home, load_spec
+from quiver.resources.values import dumps, jsonable
 
 UDF = "_quiver_search"
 HIT = pa.struct(
@@ -58,7 +61,7 @@ def register(conn: duckdb.DuckDBPyConnection, home=None, spec_path=None, searche
     """Add ``quiver_search(...)`` (a list of hits) and ``vector_search(...)`` (a table) to ``conn``.
 
     With neither ``home`` nor ``spec_path`` it serves from the process-wide searcher of
-    ``pipelines.query`` (``QUIVER_HOME``, ``QUIVER_DATASETS``). Registering again replaces them.
+    ``quiver.pipelines.query`` (``QUIVER_HOME``, ``QUIVER_DATASETS``). Registering again replaces them.
     """
     searcher = searcher or _searcher(home, spec_path)
     try:
@@ -82,12 +85,7 @@ def register(conn: duckdb.DuckDBPyConnection, home=None, spec_path=None, searche
 
 def _searcher(home, spec_path):
     if home is None and spec_path is None:
-        from pipelines.query import searcher
-
-        return searcher()
-    from pipelines.spec import default_home, load_spec
-    from resources.searcher import Searcher
-
+        return default_searcher()
     return Searcher(Path(home) if home is not None else default_home(), load_spec(spec_path).names)
 
 

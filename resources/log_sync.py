@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from resources.index import IndexStore, SequenceError
-from resources.index.commitlog import SegmentRef
-from resources.index.errors import CorruptFileError, IndexNotBuiltError
-from resources.index.files import remove_path
-from resources.index.store import REPLACED, Recovery
+from quiver.resources.files import remove_path
+from quiver.resources.index import IndexStore, SequenceError
+from quiver.resources.index.commitlog import SegmentRef
+from quiver.resources.index.errors import CorruptFileError, IndexNotBuiltError
+from quiver.resources.index.store import REPLACED, Recovery
 
 log = logging.getLogger(__name__)
 

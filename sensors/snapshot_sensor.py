@@ -18,26 +18,14 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.naming import key
-from pipelines.spec import DatasetSpec
-from resources.index import read_stats
-from resources.index.manifest import manifest_path
-from sensors.settings import sensor_interval_seconds
-from sensors.snapshot_policy import SnapshotPolicy, decide
+from quiver.resources.dagster.naming import key
+from quiver.resources.index import read_stats
+from quiver.resources.index.manifest import manifest_path
+from quiver.resources.index.snapshot_policy import SnapshotPolicy, decide
+from quiver.resources.spec import DatasetSpec
+from quiver.sensors.settings import sensor_interval_seconds
 
 BOOT = uuid.uuid4().hex  # one per process that evaluates sensors
-
-
-def policy_for(spec: DatasetSpec) -> SnapshotPolicy:
-    s = spec.snapshots
-    return SnapshotPolicy(
-        s.enabled,
-        s.interval_seconds,
-        s.min_delta_commitlogs,
-        s.min_delta_size_percent,
-        s.on_startup,
-        s.rebuild_tombstone_percent,
-    )
 
 
 def first_since_start(cursor: str | None) -> bool:
@@ -80,7 +68,7 @@ def failed_recall(instance: dg.DagsterInstance, spec: DatasetSpec) -> str | None
 
 def snapshot_sensor(spec: DatasetSpec, home: Path, job) -> dg.SensorDefinition:
     root = Path(home) / spec.name
-    policy = policy_for(spec)
+    policy = SnapshotPolicy.from_spec(spec.snapshots)
 
     @dg.sensor(
         name=f"{spec.name}_snapshot_sensor",

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from pipelines.spec import DatasetSpec
-from resources.index.manifest import manifest_path
-from resources.warehouse import SourceNotFoundError
-from sensors.settings import sensor_interval_seconds
-from sensors.source_listing import FileState, compare, content_digest, scan
+from quiver.resources.index.manifest import manifest_path
+from quiver.resources.spec import DatasetSpec
+from quiver.resources.warehouse import SourceNotFoundError
+from quiver.resources.warehouse.source_listing import FileState, compare, content_digest, scan
+from quiver.sensors.settings import sensor_interval_seconds
 
 
 def _read_cursor(cursor: str | None) -> tuple[int | None, dict[str, FileState]]:

@@ -4,16 +4,16 @@
 numbers a snapshot policy needs from the manifest and a directory listing alone.
 """
 
-from resources.index.errors import (
+from quiver.resources.index.errors import (
     CorruptFileError,
     IdentityMismatchError,
     IndexBusyError,
     IndexNotBuiltError,
     SequenceError,
 )
-from resources.index.identity import HnswParams, IndexIdentity
-from resources.index.reader import IndexReader
-from resources.index.store import IndexStore, LogStats, SnapshotResult, read_stats
+from quiver.resources.index.identity import HnswParams, IndexIdentity
+from quiver.resources.index.reader import IndexReader
+from quiver.resources.index.store import IndexStore, LogStats, SnapshotResult, read_stats
 
 __all__ = [
     "CorruptFileError",

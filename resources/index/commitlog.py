@@ -36,10 +36,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from resources.faults import kill_point
-from resources.index.errors import CorruptFileError, SequenceError
-from resources.index.files import HashingWriter, atomic_write, checksum_file
-from resources.index.identity import IndexIdentity
+from quiver.resources.faults import kill_point
+from quiver.resources.files import HashingWriter, atomic_write, checksum_file
+from quiver.resources.index.errors import CorruptFileError, SequenceError
+from quiver.resources.index.identity import IndexIdentity
 
 LOG_DIR = "log"
 SEGMENT_VERSION = "2"

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from resources.index.errors import IdentityMismatchError
+from quiver.resources.index.errors import IdentityMismatchError
 
 USEARCH_METRIC = {"cosine": "cos", "l2": "l2sq", "inner_product": "ip"}
 USEARCH_DTYPE = {"f32": "f32", "f16": "f16", "bf16": "bf16", "i8": "i8"}

@@ -31,9 +31,9 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from resources.index.errors import CorruptFileError, IndexNotBuiltError, UnsupportedFormatError
-from resources.index.files import atomic_write_bytes
-from resources.index.identity import HnswParams, IndexIdentity
+from quiver.resources.files import atomic_write_bytes
+from quiver.resources.index.errors import CorruptFileError, IndexNotBuiltError, UnsupportedFormatError
+from quiver.resources.index.identity import HnswParams, IndexIdentity
 
 MANIFEST_NAME = "MANIFEST.json"
 FORMAT = "quiver-index"

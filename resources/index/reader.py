@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from resources.index import commitlog, snapshot
-from resources.index.commitlog import KEY, OP, SEQ, VECTOR
-from resources.index.errors import CorruptFileError, IndexNotBuiltError, SnapshotUnrecoverableError
-from resources.index.identity import IndexIdentity, exact_distances, new_usearch_index, scores_from_distances
-from resources.index.manifest import MANIFEST_NAME, Manifest, read_manifest
+from quiver.resources.index import commitlog, snapshot
+from quiver.resources.index.commitlog import KEY, OP, SEQ, VECTOR
+from quiver.resources.index.errors import CorruptFileError, IndexNotBuiltError, SnapshotUnrecoverableError
+from quiver.resources.index.identity import IndexIdentity, exact_distances, new_usearch_index, scores_from_distances
+from quiver.resources.index.manifest import MANIFEST_NAME, Manifest, read_manifest
+from quiver.resources.index.row_filter import RowFilter
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,6 @@ class _State:
         return self._selected[names]
 
     def row_filter(self, columns: list[str]):
-        from resources.index.row_filter import RowFilter
-
         if "filter" not in self._filters:
             self._filters["filter"] = RowFilter(self.snap.rows if self.snap else None, self.delta_rows, columns)
         return self._filters["filter"]
@@ -427,6 +426,58 @@ class IndexReader:
             dist = np.asarray(found.distances, dtype=np.float32)
             live = ~_contains(shadowed, keys)
         return keys[live][:k], dist[live][:k]
+
+    def live_keys_by_source(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys served from the snapshot's graph, keys served from the delta), each ascending, of one state."""
+        state = self.state
+        return state.snap_keys[~np.isin(state.snap_keys, state.shadowed)], state.delta_keys
+
+    def live_keys(self) -> np.ndarray:
+        """Every key the reader serves, ascending."""
+        snap_keys, delta_keys = self.live_keys_by_source()
+        return np.sort(np.concatenate([snap_keys, delta_keys]))
+
+    def graph_search(self, vector: np.ndarray, k: int, ef_search: int) -> tuple[np.ndarray, np.ndarray]:
+        """Like ``search`` but through HNSW graphs everywhere: the snapshot's graph and a graph of the
+        delta (``search`` may scan the delta exactly). This is what the graph gives once the next
+        snapshot folds the delta in, so the recall check sees a bad graph before it is published.
+        Returns (keys, distances), best first; no exact fallback, so a graph's misses show."""
+        state = self.state
+        keys, distances = [], []
+        if state.snap is not None and len(state.snap.index):
+            found_keys, found_dist = self._graph_search_snapshot(state, vector, k, ef_search)
+            keys.append(found_keys)
+            distances.append(found_dist)
+        if len(state.delta_index):
+            state.delta_index.expansion_search = ef_search
+            found = state.delta_index.search(vector, min(k, len(state.delta_index)))
+            keys.append(np.asarray(found.keys, dtype=np.uint64))
+            distances.append(np.asarray(found.distances, dtype=np.float32))
+        if not keys:
+            return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
+        all_keys, all_dist = np.concatenate(keys), np.concatenate(distances)
+        order = np.argsort(all_dist, kind="stable")[:k]
+        return all_keys[order], all_dist[order]
+
+    @staticmethod
+    def _graph_search_snapshot(state: _State, vector: np.ndarray, k: int, ef_search: int) -> tuple[np.ndarray, np.ndarray]:
+        """The snapshot graph's ``k`` best live keys: shadowed keys (deleted or superseded by the delta)
+        are dropped, so ask for more (they can displace at most that many hits) and widen if short."""
+        index, shadowed = state.snap.index, state.shadowed
+        size = len(index)
+        wanted = min(k, size - len(shadowed))
+        if wanted <= 0:
+            return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
+        index.expansion_search = ef_search
+        count = min(size, k + min(len(shadowed), 4 * k + 64))
+        while True:
+            found = index.search(vector, count)
+            keys = np.asarray(found.keys, dtype=np.uint64)
+            dist = np.asarray(found.distances, dtype=np.float32)
+            live = ~np.isin(keys, shadowed)
+            if live.sum() >= wanted or count >= size:
+                return keys[live][:k], dist[live][:k]
+            count = min(size, count * 4)
 
     def vectors(self, keys: np.ndarray) -> np.ndarray:
         """The served vectors of live ``keys`` (float32, one row per key, in the order given).

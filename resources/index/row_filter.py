@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import numpy as np
 import pyarrow as pa
 
-from resources.index.commitlog import KEY
+from quiver.resources.index.commitlog import KEY
 
 _TABLE = "rows"
 _CACHE_SIZE = 64  # predicates remembered per served state (apps repeat a handful of filters)

@@ -20,11 +20,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from resources.faults import kill_point
-from resources.index.commitlog import KEY, OP, SEQ, VECTOR, upserts, vectors_of
-from resources.index.errors import CorruptFileError
-from resources.index.files import atomic_write, checksum_file
-from resources.index.identity import (
+from quiver.resources.faults import kill_point
+from quiver.resources.files import atomic_write, checksum_file
+from quiver.resources.index.commitlog import KEY, OP, SEQ, VECTOR, upserts, vectors_of
+from quiver.resources.index.errors import CorruptFileError
+from quiver.resources.index.identity import (
     USEARCH_DTYPE,
     USEARCH_METRIC,
     HnswParams,
@@ -32,7 +32,7 @@ from resources.index.identity import (
     add_to_graph,
     new_usearch_index,
 )
-from resources.index.manifest import FileEntry, SnapshotEntry, utc_now
+from quiver.resources.index.manifest import FileEntry, SnapshotEntry, utc_now
 
 SNAPSHOTS_DIR = "snapshots"
 INDEX_FILE = "index.usearch"

@@ -34,12 +34,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from resources.faults import kill_point
-from resources.index import commitlog, snapshot
-from resources.index.errors import CorruptFileError, IndexBusyError, SequenceError, SnapshotUnrecoverableError
-from resources.index.files import fsync_dir, remove_path, remove_temp_files
-from resources.index.identity import HnswParams, IndexIdentity
-from resources.index.manifest import Manifest, SnapshotEntry, manifest_path, publish_manifest, read_manifest
+from quiver.resources.faults import kill_point
+from quiver.resources.files import fsync_dir, remove_path, remove_temp_files
+from quiver.resources.index import commitlog, snapshot
+from quiver.resources.index.errors import CorruptFileError, IndexBusyError, SequenceError, SnapshotUnrecoverableError
+from quiver.resources.index.identity import HnswParams, IndexIdentity
+from quiver.resources.index.manifest import Manifest, SnapshotEntry, manifest_path, publish_manifest, read_manifest
 
 log = logging.getLogger(__name__)
 

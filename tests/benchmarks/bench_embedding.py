@@ -45,10 +45,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from pipelines.spec import default_home
-from resources import onnx_export
-from resources.embedding import DEFAULT_MODEL, Embedder, available_cpus, resolve_model_path
-from resources.token_batches import load_tokenizer
+from quiver.resources.embedding import DEFAULT_MODEL, Embedder, available_cpus, onnx_export, resolve_model_path
+from quiver.resources.embedding.token_batches import load_tokenizer
+from quiver.resources.spec import default_home
 from tests.benchmarks.roofline import Encoder, flops_char_sorted, flops_token_sorted, gemm_gflops
 
 SOURCE = Path(os.environ.get("BENCH_SOURCE", ROOT.parent / "shared" / "data" / "debian_packages.parquet"))
@@ -113,11 +112,11 @@ def load_seconds(name: str, cache: Path) -> float:
     code = {
         "st-default": "from sentence_transformers import SentenceTransformer as S; "
         f"S({str(resolve_model_path(DEFAULT_MODEL))!r}, device='cpu').encode(['a query'])",
-        "torch-sorted": "from resources.embedding import Embedder; "
+        "torch-sorted": "from quiver.resources.embedding import Embedder; "
         "Embedder(device='cpu', backend='torch').embed(['a query'])",
-        "onnx-sorted": f"from resources.embedding import Embedder; Embedder(backend='onnx', cache_dir={str(cache)!r})"
+        "onnx-sorted": f"from quiver.resources.embedding import Embedder; Embedder(backend='onnx', cache_dir={str(cache)!r})"
         ".embed(['a query'])",
-        "onnx-int8": f"from resources.embedding import Embedder; Embedder('{DEFAULT_MODEL}+int8', cache_dir="
+        "onnx-int8": f"from quiver.resources.embedding import Embedder; Embedder('{DEFAULT_MODEL}+int8', cache_dir="
         f"{str(cache)!r}).embed(['a query'])",
     }[name]
     times = []
@@ -132,9 +131,9 @@ def asset_rate(demo: list[str]) -> dict:
     """The embeddings asset through Dagster on the ``demo`` texts (package: description); its rows/s."""
     from dagster import DagsterInstance, materialize
 
-    from assets import dataset_assets
-    from pipelines.definitions import build_resources
-    from pipelines.spec import load_spec
+    from quiver.assets import dataset_assets
+    from quiver.pipelines.definitions import build_resources
+    from quiver.resources.spec import load_spec
 
     tmp = Path(tempfile.mkdtemp(prefix="quiver-bench-embedding-"))
     package, description = zip(*(t.split(": ", 1) for t in demo))

@@ -29,8 +29,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pyarrow.parquet as pq
 
-from resources.index import IndexReader
-from sensors.settings import DEFAULTS
+from quiver.resources.index import IndexReader
+from quiver.sensors.settings import DEFAULTS
 from tests.conftest import dataset_entry, write_spec
 from tests.dagster.daemon_harness import Daemon
 from tests.dagster.helpers import materialize_all

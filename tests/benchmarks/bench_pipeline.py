@@ -28,12 +28,12 @@ sys.path.insert(0, str(ROOT))
 
 from dagster import DagsterInstance, materialize  # noqa: E402
 
-from assets import dataset_assets  # noqa: E402
-from pipelines.definitions import DUCKDB_FILE, build_resources  # noqa: E402
-from pipelines.spec import load_spec  # noqa: E402
-from resources.embedding import get_embedder  # noqa: E402
-from resources.index import IndexReader  # noqa: E402
-from resources.index.manifest import read_manifest  # noqa: E402
+from quiver.assets import dataset_assets  # noqa: E402
+from quiver.pipelines.definitions import DUCKDB_FILE, build_resources  # noqa: E402
+from quiver.resources.embedding import get_embedder  # noqa: E402
+from quiver.resources.index import IndexReader  # noqa: E402
+from quiver.resources.index.manifest import read_manifest  # noqa: E402
+from quiver.resources.spec import load_spec  # noqa: E402
 
 
 def dir_bytes(path: Path) -> int:

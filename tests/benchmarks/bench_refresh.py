@@ -33,10 +33,10 @@ sys.path.insert(0, str(ROOT))
 
 from dagster import DagsterInstance, materialize
 
-from assets import dataset_assets
-from pipelines.definitions import build_resources
-from pipelines.spec import load_spec
-from resources.embedding import get_embedder
+from quiver.assets import dataset_assets
+from quiver.pipelines.definitions import build_resources
+from quiver.resources.embedding import get_embedder
+from quiver.resources.spec import load_spec
 
 DEFAULT_SOURCE = ROOT.parent / "shared" / "data" / "debian_packages.parquet"
 COLUMNS = ["pkg_id", "package", "section", "short_description"]

@@ -38,11 +38,11 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from resources.index import IndexReader, IndexStore
-from resources.index.reader import DELTA_GRAPH_ROWS
-from resources.index.commitlog import KEY, OP, OP_UPSERT, SEQ, VECTOR
-from resources.index.identity import HnswParams, IndexIdentity
-from resources.index.manifest import manifest_path
+from quiver.resources.index import IndexReader, IndexStore
+from quiver.resources.index.commitlog import KEY, OP, OP_UPSERT, SEQ, VECTOR
+from quiver.resources.index.identity import HnswParams, IndexIdentity
+from quiver.resources.index.manifest import manifest_path
+from quiver.resources.index.reader import DELTA_GRAPH_ROWS
 
 DIM = 384
 CHANGES = 10_000
@@ -57,7 +57,7 @@ PASSES = 3  # query passes per path
 COLD_START = """
 import sys, time, numpy as np
 started = time.perf_counter()
-from resources.index import IndexReader
+from quiver.resources.index import IndexReader
 reader = IndexReader(sys.argv[1])
 hits = reader.search(np.ones({dim}, dtype=np.float32), 10)
 assert len(hits.keys) == 10

@@ -32,8 +32,8 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from resources.index import HnswParams, IndexIdentity, IndexStore
-from resources.index.commitlog import KEY, OP, OP_UPSERT, SEQ, VECTOR
+from quiver.resources.index import HnswParams, IndexIdentity, IndexStore
+from quiver.resources.index.commitlog import KEY, OP, OP_UPSERT, SEQ, VECTOR
 from tests.benchmarks.churn_workload import keys_of, unit_rows
 
 DIM = 384

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from resources.index import IndexReader, IndexStore, SnapshotResult
-from resources.index.commitlog import KEY, OP, OP_DELETE, OP_UPSERT, SEQ, VECTOR
-from resources.index.identity import HnswParams, IndexIdentity, new_usearch_index
-from resources.index.snapshot import INDEX_FILE
+from quiver.resources.index import IndexReader, IndexStore, SnapshotResult
+from quiver.resources.index.commitlog import KEY, OP, OP_DELETE, OP_UPSERT, SEQ, VECTOR
+from quiver.resources.index.identity import HnswParams, IndexIdentity, new_usearch_index
+from quiver.resources.index.snapshot import INDEX_FILE
 
 PK, NAME = "id", "name"
 RECALL_BOUND = 0.9

@@ -25,10 +25,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from dagster import DagsterInstance, materialize
 
-from assets import dataset_assets, dataset_checks, evaluation_asset
-from assets.evaluation import report_path
-from pipelines.definitions import build_resources
-from pipelines.spec import load_spec
+from quiver.assets import dataset_assets, dataset_checks, evaluation_asset
+from quiver.assets.evaluation import report_path
+from quiver.pipelines.definitions import build_resources
+from quiver.resources.spec import load_spec
 
 
 def main() -> int:

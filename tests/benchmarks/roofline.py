@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resources.token_batches import DEFAULT_MAX_ROWS, DEFAULT_TOKEN_BUDGET, plan_batches
+from quiver.resources.embedding.token_batches import DEFAULT_MAX_ROWS, DEFAULT_TOKEN_BUDGET, plan_batches
 
 
 @dataclass(frozen=True)

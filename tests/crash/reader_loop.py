@@ -16,7 +16,7 @@ import time
 import traceback
 from pathlib import Path
 
-from resources.index import IndexReader
+from quiver.resources.index import IndexReader
 from tests.crash.hash_embedder import embed
 
 QUERIES = embed([f"reader query {i}" for i in range(8)])

@@ -11,7 +11,6 @@ the tests set ``QUIVER_KILL_AT`` to make it SIGKILL itself at a named point.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import subprocess
@@ -24,13 +23,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from resources import warehouse
-from resources.index import HnswParams, IndexIdentity, IndexReader, IndexStore, commitlog, snapshot
-from resources.index.commitlog import KEY, VECTOR
-from resources.index.files import TEMP_MARKER
-from resources.index.manifest import read_manifest
-from resources.log_sync import sync_log
+from quiver.resources import warehouse
+from quiver.resources.index import HnswParams, IndexIdentity, IndexStore
+from quiver.resources.log_sync import sync_log
 from tests.crash.hash_embedder import DIM, MODEL, embed
+from tests.invariants import State, check_derived_and_exact, table_state
 
 REPO = Path(__file__).resolve().parents[2]
 DATASET = "crashy"
@@ -176,18 +173,10 @@ def writer_env(kill_at: str | None = None) -> dict[str, str]:
     return env
 
 
-# -- independent read-backs ----------------------------------------------------------------------
-def duckdb_state(work: Path) -> dict[int, tuple[int, str, np.ndarray]]:
-    """What DuckDB committed: key -> (pk, name, vector)."""
-    with duckdb.connect(str(database_path(work)), read_only=True) as conn:
-        table = warehouse.embedded_state(conn, LAYOUT)
-    vectors = commitlog.vectors_of(table, DIM) if table.num_rows else np.empty((0, DIM))
-    return {
-        key: (pk, name, vector)
-        for key, pk, name, vector in zip(
-            table.column(KEY).to_pylist(), table.column(PK).to_pylist(), table.column("name").to_pylist(), vectors
-        )
-    }
+# -- read-backs (tests/invariants.py) ---------------------------------------------------------------
+def duckdb_state(work: Path) -> State:
+    """What DuckDB committed: key -> Entry(pk, {"name": ...}, vector)."""
+    return table_state(database_path(work), DATASET)
 
 
 def committed_seq(work: Path) -> int:
@@ -195,78 +184,12 @@ def committed_seq(work: Path) -> int:
         return warehouse.last_seq(conn, LAYOUT)
 
 
-def index_state(root: Path) -> dict[int, tuple[int, str, np.ndarray]]:
-    """What the index directory serves, read without the reader: snapshot + folded segments after it."""
-    from usearch.index import Index
-
-    manifest = read_manifest(root)
-    state: dict[int, tuple[int, str, np.ndarray]] = {}
-    if manifest.snapshot is not None:
-        snapshot.verify_snapshot(root, manifest.snapshot)
-        directory = root / manifest.snapshot.dir
-        rows = pq.read_table(directory / snapshot.ROWS_FILE)
-        keys = rows.column(KEY).to_numpy()
-        index = Index.restore(str(directory / snapshot.INDEX_FILE), view=False)
-        vectors = np.vstack(index.get(keys, dtype=np.float32)) if len(keys) else np.empty((0, DIM))
-        for key, pk, name, vector in zip(
-            keys.tolist(), rows.column(PK).to_pylist(), rows.column("name").to_pylist(), vectors
-        ):
-            state[key] = (pk, name, vector)
-    records, chain = commitlog.read_chain(commitlog.list_segments(root), manifest.snapshot_seq, manifest.identity)
-    assert chain.problem is None, chain.problem
-    folded = commitlog.fold(records)
-    for rec in folded.to_pylist() if folded is not None else []:
-        if rec["_op"] == commitlog.OP_DELETE:
-            state.pop(rec[KEY], None)
-        else:
-            state[rec[KEY]] = (rec[PK], rec["name"], np.asarray(rec[VECTOR], dtype=np.float32))
-    return state
-
-
-def assert_same_state(got: dict, want: dict, what: str) -> None:
-    """Same key set, primary keys, served columns and vectors (f32 stored as f32: exact)."""
-    assert set(got) == set(want), (
-        f"{what}: missing {sorted(set(want) - set(got))[:5]}, extra {sorted(set(got) - set(want))[:5]}"
-    )
-    for key, (pk, name, vector) in want.items():
-        assert got[key][:2] == (pk, name), f"{what}: key {key}: {got[key][:2]} != {(pk, name)}"
-        np.testing.assert_array_equal(got[key][2], vector, err_msg=f"{what}: key {key}")
-
-
-def files_with_checksums(root: Path) -> dict[str, bytes]:
-    """Every published file under ``root`` (not the lock) -> its bytes' digest."""
-    out = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and path.name != ".writer.lock":
-            out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).digest()
-    return out
-
-
-def temp_leftovers(root: Path) -> list[Path]:
-    return [path for path in root.rglob("*") if TEMP_MARKER in path.name]
-
-
-def assert_reader_serves(reader: IndexReader, state: dict) -> None:
-    """The reader's key set, primary keys, served columns and vectors are ``state``'s."""
-    assert len(reader) == len(state)
-    everything = reader.search(np.ones(DIM, np.float32), k=len(state) + 5)
-    assert set(everything.keys.tolist()) == set(state)
-    keys = np.array(sorted(state), dtype=np.uint64)
-    rows = reader.rows(keys, ["name"])
-    assert list(zip(rows.column(PK).to_pylist(), rows.column("name").to_pylist())) == [state[int(k)][:2] for k in keys]
-    for key, (_pk, _name, vector) in state.items():
-        hits = reader.search(vector, k=3, exact=True)  # the data, not the graph's recall, is under test
-        assert key in hits.keys.tolist() and float(hits.distances.min()) < 1e-5, (
-            f"key {key} is not found by its own vector"
-        )
-
-
-def assert_index_equals_source(work: Path, source: Source) -> dict:
-    """No committed change lost: DuckDB holds the source, and the index equals DuckDB (I2)."""
+def assert_index_equals_source(work: Path, source: Source) -> State:
+    """No committed change lost: DuckDB holds the source (I1), and the index equals DuckDB (I2)."""
     committed = duckdb_state(work)
-    assert {pk: name for pk, name, _ in committed.values()} == {pk: row[0] for pk, row in source.rows.items()}
+    assert {e.pk: e.columns["name"] for e in committed.values()} == {pk: row[0] for pk, row in source.rows.items()}
     texts = {pk: row[1] for pk, row in source.rows.items()}
-    for pk, _name, vector in committed.values():
-        np.testing.assert_array_equal(vector, embed([texts[pk]])[0])
-    assert_same_state(index_state(index_root(work)), committed, "index vs DuckDB")
+    for entry in committed.values():
+        np.testing.assert_array_equal(entry.vector, embed([texts[entry.pk]])[0])
+    check_derived_and_exact(index_root(work), database_path(work), DATASET)
     return committed

@@ -22,10 +22,17 @@ import signal
 import numpy as np
 import pytest
 
-from resources.faults import POINTS, REFRESH_POINTS
-from resources.index import IndexReader, commitlog
-from resources.index.manifest import MANIFEST_NAME, read_manifest
+from quiver.resources.faults import POINTS, REFRESH_POINTS
+from quiver.resources.index import IndexReader
+from quiver.resources.index.manifest import read_manifest
 from tests.crash import scenario
+from tests.invariants import (
+    check_at_rest,
+    check_never_rewritten,
+    check_reader_serves,
+    index_state,
+    published_files,
+)
 
 TRIALS = int(os.environ.get("QUIVER_CRASH_TRIALS", "3"))
 
@@ -42,21 +49,6 @@ def answers(reader: IndexReader, vectors: np.ndarray) -> list[tuple[list[int], l
     return out
 
 
-def assert_only_needed_files(root) -> None:
-    """I7: the manifest, its two snapshots, the segments after the previous one, nothing else."""
-    manifest = read_manifest(root)
-    wanted = {MANIFEST_NAME}
-    for entry in (manifest.snapshot, manifest.previous_snapshot):
-        if entry:
-            wanted |= {f"{entry.dir}/{name}" for name in entry.files}
-    fallback_from = manifest.previous_snapshot.seq if manifest.previous_snapshot else 0
-    wanted |= {
-        f"{commitlog.LOG_DIR}/{ref.name}"
-        for ref in commitlog.chain_after(commitlog.list_segments(root), fallback_from).refs
-    }
-    assert set(scenario.files_with_checksums(root)) == wanted
-
-
 @pytest.mark.parametrize("seed", range(TRIALS))
 @pytest.mark.parametrize("point", POINTS)
 def test_kill_at_point_then_recover(tmp_path, point, seed):
@@ -65,7 +57,7 @@ def test_kill_at_point_then_recover(tmp_path, point, seed):
     reader = IndexReader(root)
     probe = queries(seed)
     served_seq, served_answers = reader.served_seq, answers(reader, probe)
-    published = scenario.files_with_checksums(root)
+    published = published_files(root)
 
     command = "refresh" if point in REFRESH_POINTS else "snapshot"
     if command == "refresh":
@@ -78,25 +70,19 @@ def test_kill_at_point_then_recover(tmp_path, point, seed):
     assert reader.served_seq == served_seq and answers(reader, probe) == served_answers
     reader.refresh()
     assert reader.served_seq >= served_seq
-    scenario.assert_reader_serves(reader, scenario.index_state(root))
+    check_reader_serves(reader, index_state(root))
 
     # The next runs, each in a fresh process, finish the work.
     for step in ("refresh", "snapshot"):
         done = scenario.run_writer(step, tmp_path)
         assert done.returncode == 0, f"{step} after a kill at {point} failed: {done.stderr[-2000:]}"
 
-    assert scenario.temp_leftovers(root) == []
-    after = scenario.files_with_checksums(root)
-    rewritten = [
-        name for name in published.keys() & after.keys() if name != MANIFEST_NAME and published[name] != after[name]
-    ]
-    assert rewritten == [], "published files are never rewritten (I4)"
-    assert_only_needed_files(root)
-
-    committed = scenario.assert_index_equals_source(tmp_path, source)
+    check_never_rewritten(published, root)
+    committed = scenario.assert_index_equals_source(tmp_path, source)  # I1, I2
+    check_at_rest(root, scenario.database_path(tmp_path), scenario.DATASET)  # I3, I6, I7 too
     reader.refresh()
     assert reader.served_seq == read_manifest(root).snapshot_seq and reader.problems == ()
-    scenario.assert_reader_serves(reader, committed)
+    check_reader_serves(reader, committed)
 
 
 def test_every_point_is_in_the_matrix():

@@ -14,10 +14,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.definitions import DUCKDB_FILE
-from resources.index.files import TEMP_MARKER
+from quiver.pipelines.definitions import DUCKDB_FILE
 from tests.conftest import ROOT, dataset_entry, write_spec
-from tests.dagster.helpers import duckdb_state, index_state, materialize_all, metadata_of
+from tests.dagster.helpers import materialize_all, metadata_of
+from tests.invariants import check_all_or_nothing, check_derived_and_exact, table_state
 
 
 @pytest.mark.parametrize("point", ["refresh.after_commit", "snapshot.before_cleanup"])
@@ -48,11 +48,11 @@ def test_a_killed_dagster_run_is_recovered_by_the_next_one(tmp_path, sample_tabl
 
     result = materialize_all(spec, home)
     assert result.success
-    committed = duckdb_state(home / DUCKDB_FILE, "pkgs")
+    committed = table_state(home / DUCKDB_FILE, "pkgs")
     assert len(committed) == 110
-    assert all(row[-1].endswith(" (edited)") for row in committed.values())
-    assert index_state(home / "pkgs") == committed
-    assert not [p for p in (home / "pkgs").rglob("*") if TEMP_MARKER in p.name]
+    assert all(row.columns["short_description"].endswith(" (edited)") for row in committed.values())
+    assert check_derived_and_exact(home / "pkgs", home / DUCKDB_FILE, "pkgs") == committed
+    check_all_or_nothing(home / "pkgs")
     if point == "refresh.after_commit":  # committed before the kill: nothing left to embed, only to log
         embeddings = metadata_of(result, ["pkgs", "embeddings"])
         assert embeddings["rows_embedded"] == 0

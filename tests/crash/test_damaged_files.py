@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resources.index import IndexReader, commitlog, snapshot
-from resources.index.errors import CorruptFileError, UnsupportedFormatError
-from resources.index.files import TEMP_MARKER, checksum_file
-from resources.index.manifest import MANIFEST_NAME, manifest_path, read_manifest
+from quiver.resources.files import TEMP_MARKER, checksum_file
+from quiver.resources.index import IndexReader, commitlog, snapshot
+from quiver.resources.index.errors import CorruptFileError, UnsupportedFormatError
+from quiver.resources.index.manifest import MANIFEST_NAME, manifest_path, read_manifest
 from tests.crash import scenario
+from tests.invariants import check_all_or_nothing, check_reader_serves, index_state, published_files
 
 
 def flip_byte(path: Path, where: float = 0.5) -> None:
@@ -164,7 +165,7 @@ def test_damage_is_reported_served_around_and_repaired(world, case):
     scenario.assert_index_equals_source(work, source)
     healed = IndexReader(root)
     assert healed.problems == ()
-    scenario.assert_reader_serves(healed, scenario.duckdb_state(work))
+    check_reader_serves(healed, scenario.duckdb_state(work))
 
 
 @pytest.mark.parametrize("case", REFUSED_CASES)
@@ -190,7 +191,7 @@ def test_unservable_damage_is_refused_then_rebuilt_from_duckdb(world, case):
     scenario.assert_index_equals_source(work, source)
     serving.refresh()
     assert serving.problems == ()
-    scenario.assert_reader_serves(serving, scenario.duckdb_state(work))
+    check_reader_serves(serving, scenario.duckdb_state(work))
 
 
 def test_leftover_temp_files_are_ignored_by_readers_and_removed_by_the_writer(world):
@@ -203,12 +204,12 @@ def test_leftover_temp_files_are_ignored_by_readers_and_removed_by_the_writer(wo
     for path in leftovers:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b'{"format": "quiver-index", "format_ver')
-    before = scenario.index_state(root)
+    before = index_state(root)
     reader = IndexReader(root)
     assert reader.problems == () and len(reader) == len(before)
 
     recover_in_fresh_processes(work)
-    assert scenario.temp_leftovers(root) == []
+    check_all_or_nothing(root)
     scenario.assert_index_equals_source(work, source)
 
 
@@ -217,13 +218,13 @@ def test_a_directory_from_a_newer_format_is_refused_and_left_untouched(world):
     body = json.loads(manifest_path(root).read_bytes())
     body["format_version"] = 99
     manifest_path(root).write_text(json.dumps(body))
-    files = scenario.files_with_checksums(root)
+    files = published_files(root)
 
     with pytest.raises(UnsupportedFormatError, match="newer quiver"):
         IndexReader(root).refresh()
     done = scenario.run_writer("refresh", work)
     assert done.returncode != 0 and "UnsupportedFormatError" in done.stderr and "newer quiver" in done.stderr
-    assert scenario.files_with_checksums(root) == files, "nothing was repaired, moved or removed"
+    assert published_files(root) == files, "nothing was repaired, moved or removed"
     assert not any(p.name.startswith(f"{root.name}.damaged-") for p in root.parent.iterdir())
 
 
@@ -251,13 +252,13 @@ def test_a_checksum_failure_never_reaches_the_usearch_loader(world, monkeypatch)
 def test_a_fallback_serves_exactly_the_published_state(world):
     """previous snapshot + the segments after it == current snapshot + the segments after it."""
     _work, root, _source = world
-    published = scenario.index_state(root)
+    published = index_state(root)
     flip_snapshot_index_byte(root)
     reader = IndexReader(root)
     assert reader.served_seq == commitlog.list_segments(root)[-1].last
-    scenario.assert_reader_serves(reader, published)
+    check_reader_serves(reader, published)
     keys = np.array(sorted(published), dtype=np.uint64)
-    assert reader.rows(keys, ["name"]).column("name").to_pylist() == [published[int(k)][1] for k in keys]
+    assert reader.rows(keys, ["name"]).column("name").to_pylist() == [published[int(k)].columns["name"] for k in keys]
 
 
 def test_reports_are_logged_by_the_writer_with_the_file(world, caplog):

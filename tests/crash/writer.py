@@ -23,7 +23,7 @@ from tests.crash import scenario
 def save_committed_state(work: Path) -> None:
     committed = scenario.duckdb_state(work)
     keys = np.array(sorted(committed), dtype=np.uint64)
-    vectors = np.stack([committed[int(k)][2] for k in keys]) if len(keys) else np.empty((0, scenario.DIM))
+    vectors = np.stack([committed[int(k)].vector for k in keys]) if len(keys) else np.empty((0, scenario.DIM))
     seq = scenario.committed_seq(work)
     (work / "states").mkdir(exist_ok=True)
     np.savez(work / "states" / f"{seq}.npz", keys=keys, vectors=vectors)

@@ -8,11 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance, materialize
 
-from assets import dataset_assets
-from pipelines.definitions import DUCKDB_FILE, build_resources
-from pipelines.spec import load_spec
+from quiver.assets import dataset_assets
+from quiver.pipelines.definitions import DUCKDB_FILE, build_resources
+from quiver.resources.spec import load_spec
 from tests.conftest import dataset_entry, write_spec
-from tests.dagster.helpers import duckdb_state, index_state, metadata_of
+from tests.dagster.helpers import metadata_of
+from tests.invariants import check_derived_and_exact, index_state, table_state
 
 
 def _materialize(spec_path, home):
@@ -34,7 +35,7 @@ def built(tmp_path, sample_table):
 
 
 def _committed(home):
-    return duckdb_state(home / DUCKDB_FILE, "pkgs"), index_state(home / "pkgs")
+    return table_state(home / DUCKDB_FILE, "pkgs"), index_state(home / "pkgs")
 
 
 def _replace_column(table: pa.Table, name: str, values: list) -> pa.Table:
@@ -102,6 +103,6 @@ def test_empty_text_rows_are_skipped_and_counted(built):
     meta = metadata_of(result, ["pkgs", "embeddings"])
     assert meta["rows_skipped_empty_text"] == 3
     assert meta["rows_deleted"] == 3  # they were indexed before, and leave the index now
-    state = duckdb_state(home / DUCKDB_FILE, "pkgs")
+    state = table_state(home / DUCKDB_FILE, "pkgs")
     assert len(state) == 57
-    assert index_state(home / "pkgs") == state
+    assert check_derived_and_exact(home / "pkgs", home / DUCKDB_FILE, "pkgs") == state

@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance, SensorResult, build_sensor_context, materialize
 
-from assets import dataset_assets
-from pipelines.definitions import build_definitions, build_resources
-from pipelines.spec import load_spec
+from quiver.assets import dataset_assets
+from quiver.pipelines.definitions import build_definitions, build_resources
+from quiver.resources.spec import load_spec
 from tests.conftest import ROOT, dataset_entry, write_spec
 
 
@@ -36,7 +36,7 @@ def built(tmp_path_factory, sample_table):
 def _cli(built, *args):
     spec_path, home = built
     env = {**os.environ, "QUIVER_DATASETS": str(spec_path), "QUIVER_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "quiver", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_search_json(built):

@@ -17,8 +17,8 @@ import pytest
 from dagster import DagsterEventType
 from dagster._core.scheduler.instigation import TickStatus  # not exported by dagster itself
 
-from pipelines import query
-from resources.index.manifest import read_manifest
+from quiver.pipelines import query
+from quiver.resources.index.manifest import read_manifest
 from tests.conftest import dataset_entry, write_spec
 from tests.dagster.daemon_harness import Daemon
 from tests.dagster.helpers import materialize_all

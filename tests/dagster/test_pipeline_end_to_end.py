@@ -9,14 +9,15 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, Definitions
 
-from pipelines.definitions import DUCKDB_FILE, build_definitions
-from pipelines.query import search
-from pipelines.spec import load_spec
-from resources.index import IndexReader
-from resources.index.commitlog import list_segments
-from resources.searcher import SearchError, UnknownDatasetError
+from quiver.pipelines.definitions import DUCKDB_FILE, build_definitions
+from quiver.pipelines.query import search
+from quiver.resources.index import IndexReader
+from quiver.resources.index.commitlog import list_segments
+from quiver.resources.search import SearchError, UnknownDatasetError
+from quiver.resources.spec import load_spec
 from tests.conftest import dataset_entry, write_spec
-from tests.dagster.helpers import duckdb_state, index_state, materialize_all, metadata_of
+from tests.dagster.helpers import materialize_all, metadata_of
+from tests.invariants import check_derived_and_exact, table_state
 
 
 @pytest.fixture()
@@ -55,16 +56,15 @@ def test_materialize_then_search(project):
     assert narrow.column("pkg_id").to_pylist() == hits.column("pkg_id").to_pylist()[:3]
 
     # I2: snapshot + segments equal the embedded table (keys, vectors, served columns).
-    table = duckdb_state(home / DUCKDB_FILE, "pkgs")
-    assert index_state(home / "pkgs") == table
+    check_derived_and_exact(home / "pkgs", home / DUCKDB_FILE, "pkgs")
 
 
 def test_recall_at_10_against_exact_search(project):
     spec_path, home, _ = project
     run_all(spec_path, home)
-    table = duckdb_state(home / DUCKDB_FILE, "pkgs")
+    table = table_state(home / DUCKDB_FILE, "pkgs")
     keys = np.array(sorted(table))
-    vectors = np.stack([table[k][0] for k in keys])
+    vectors = np.stack([table[k].vector for k in keys])
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     reader = IndexReader(home / "pkgs")
     rng = np.random.default_rng(7)
@@ -101,7 +101,7 @@ def test_changed_source_refreshes_exactly(project, sample_table):
     assert meta["rows_embedded"] == meta["rows_new"] + meta["rows_changed"] == 9
     assert meta["rows_served_only_changed"] == 2
     assert metadata_of(result, ["pkgs", "index"])["records"] == 4 + 5 + 3 + 2
-    assert index_state(home / "pkgs") == duckdb_state(home / DUCKDB_FILE, "pkgs")
+    check_derived_and_exact(home / "pkgs", home / DUCKDB_FILE, "pkgs")
     hits = search("pkgs", base.column("short_description")[5].as_py(), k=500)
     assert not set(deleted) & set(hits.column("pkg_id").to_pylist())
     assert hits.num_rows == 401  # every live row: 400 - 3 + 4
@@ -112,7 +112,7 @@ def test_changed_source_refreshes_exactly(project, sample_table):
     assert metadata_of(result, ["pkgs", "embeddings"])["committed"] is False
     assert metadata_of(result, ["pkgs", "index"])["records"] == 0
     assert [ref.name for ref in list_segments(home / "pkgs")] == before
-    assert index_state(home / "pkgs") == duckdb_state(home / DUCKDB_FILE, "pkgs")
+    check_derived_and_exact(home / "pkgs", home / DUCKDB_FILE, "pkgs")
 
 
 def test_several_datasets_side_by_side(tmp_path, sample_table, monkeypatch):
@@ -136,8 +136,8 @@ def test_several_datasets_side_by_side(tmp_path, sample_table, monkeypatch):
     assert set(beta.column("pkg_id").to_pylist()) <= set(sample_table.slice(150, 120).column("pkg_id").to_pylist())
     assert beta.column_names == ["pkg_id", "score", "distance", "package"]
     assert all(0 < s <= 1 for s in beta.column("score").to_pylist())  # l2: 1 / (1 + distance)
-    assert len(duckdb_state(home / DUCKDB_FILE, "alpha")) == 150
-    assert len(duckdb_state(home / DUCKDB_FILE, "beta")) == 120
+    assert len(table_state(home / DUCKDB_FILE, "alpha")) == 150
+    assert len(table_state(home / DUCKDB_FILE, "beta")) == 120
     with pytest.raises(UnknownDatasetError, match="known datasets: alpha, beta"):
         search("gamma", "game")
     with pytest.raises(SearchError, match="k must be a positive integer"):
@@ -161,4 +161,4 @@ def test_keep_previous_false_keeps_one_snapshot(tmp_path, sample_table):
     assert manifest.previous_snapshot is None and manifest.snapshot.vectors == 80
     assert [p.name for p in (root / "snapshots").iterdir()] == [manifest.snapshot.dir.split("/")[1]]
     assert list_segments(root) == []
-    assert index_state(root) == duckdb_state(home / DUCKDB_FILE, "pkgs")
+    check_derived_and_exact(root, home / DUCKDB_FILE, "pkgs")

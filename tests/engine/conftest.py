@@ -17,14 +17,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from resources.index import commitlog, snapshot
-from resources.index.commitlog import KEY, OP, OP_DELETE, OP_UPSERT, SEQ, VECTOR
-from resources.index.identity import HnswParams, IndexIdentity
-from resources.index.manifest import read_manifest
-from resources.index.store import IndexStore
+from quiver.resources.index import commitlog
+from quiver.resources.index.commitlog import KEY, OP, OP_DELETE, OP_UPSERT, SEQ, VECTOR
+from quiver.resources.index.identity import HnswParams, IndexIdentity
+from quiver.resources.index.store import IndexStore
+from tests.invariants import index_state
 
 PK = "id"
 SERVED = ("name",)
@@ -158,28 +157,9 @@ class Workload:
 
 
 def read_state(root: Path) -> dict[int, Row]:
-    """The full state of an index directory: snapshot rows + usearch vectors, then the folded log."""
-    from usearch.index import Index
-
-    manifest = read_manifest(root)
-    identity = manifest.identity
-    pk = manifest.primary_key
-    state: dict[int, Row] = {}
-    if manifest.snapshot is not None:
-        directory = root / manifest.snapshot.dir
-        rows = pq.read_table(directory / snapshot.ROWS_FILE)
-        index = Index.restore(str(directory / snapshot.INDEX_FILE), view=False)
-        keys = rows.column(KEY).to_numpy()
-        assert len(index) == rows.num_rows == manifest.snapshot.vectors
-        vectors = np.vstack(index.get(keys, dtype=np.float32)) if len(keys) else np.empty((0, identity.dim))
-        names = rows.column("name").to_pylist() if "name" in rows.column_names else [None] * rows.num_rows
-        for key, pk_value, vector, name in zip(keys.tolist(), rows.column(pk).to_pylist(), vectors, names):
-            state[key] = Row(pk_value, np.asarray(vector, dtype=np.float32), name)
-    refs = [ref for ref in commitlog.list_segments(root) if ref.last > manifest.snapshot_seq]
-    folded = commitlog.fold(commitlog.read_segments(refs, identity))
-    if folded is not None:
-        Model(state).apply(folded)
-    return state
+    """The full state of an index directory (snapshot files, then the folded log), read back by
+    ``tests/invariants.index_state``, as Rows."""
+    return {key: Row(e.pk, e.vector, e.columns.get("name")) for key, e in index_state(root).items()}
 
 
 def assert_state_matches(state: dict[int, Row], model: Model, atol: float = 0.0) -> None:

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from resources.index.identity import HnswParams
+from quiver.resources.index.identity import HnswParams
 from tests.benchmarks.churn_workload import ChurnPlan, ChurnRun, full_plan, run_churn
 
 

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from resources.index import commitlog
-from resources.index.commitlog import KEY, OP, SEQ, VECTOR
-from resources.index.errors import CorruptFileError, SequenceError
-from resources.index.files import TEMP_MARKER
+from quiver.resources.files import TEMP_MARKER
+from quiver.resources.index import commitlog
+from quiver.resources.index.commitlog import KEY, OP, SEQ, VECTOR
+from quiver.resources.index.errors import CorruptFileError, SequenceError
 
 
 @pytest.mark.parametrize("dim", [1, 8, 33])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resources.embedding import resolve_model_path
-from resources.token_batches import load_tokenizer, plan_batches, token_batches
+from quiver.resources.embedding import resolve_model_path
+from quiver.resources.embedding.token_batches import load_tokenizer, plan_batches, token_batches
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,18 @@ import textwrap
 import numpy as np
 import pytest
 
-from resources import onnx_export
-from resources.embedding import (
+from quiver.resources.embedding import (
     DEFAULT_MODEL,
     Embedder,
     available_cpus,
     choose_backend,
     get_embedder,
+    onnx_export,
     resolve_model_path,
     resolve_threads,
     split_identity,
 )
-from resources.index.commitlog import OP_UPSERT
+from quiver.resources.index.commitlog import OP_UPSERT
 from tests.conftest import ROOT
 
 MODEL_DIR = resolve_model_path(DEFAULT_MODEL)
@@ -153,7 +153,7 @@ def test_embedding_with_a_cached_export_never_imports_torch(onnx_embedder, home)
     out = _run_python(
         """
         import sys
-        from resources.embedding import get_embedder
+        from quiver.resources.embedding import get_embedder
         embedder = get_embedder()
         vector = embedder.embed(["a text query"])[0]
         print(embedder.backend, vector.shape[0], "torch" in sys.modules, "sentence_transformers" in sys.modules)
@@ -173,7 +173,7 @@ def test_a_text_search_never_imports_torch(onnx_embedder, home, kit):
         f"""
         import sys
         from pathlib import Path
-        from resources.searcher import Searcher
+        from quiver.resources.search import Searcher
         table = Searcher(Path({str(home)!r})).search("docs", "chess board game", k=1, columns=["name"])
         print(table.column("name")[0].as_py(), "torch" in sys.modules)
         """,
@@ -251,8 +251,8 @@ def test_the_embedding_modules_stay_free_of_dagster_and_torch_at_import(tmp_path
     out = _run_python(
         """
         import sys
-        import resources.embedding, resources.onnx_export, resources.onnx_backend
-        import resources.token_batches, resources.embed_progress
+        import quiver.resources.embedding, quiver.resources.embedding.onnx_export, quiver.resources.embedding.onnx_backend
+        import quiver.resources.embedding.token_batches, quiver.resources.embedding.progress
         print(sorted(m for m in ("dagster", "torch", "sentence_transformers", "transformers") if m in sys.modules))
         """,
         tmp_path,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from resources.embed_progress import ProgressLog, progress_line
+from quiver.resources.embedding.progress import ProgressLog, progress_line
 
 
 class FakeClock:

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from usearch.index import search
 
-from resources.index.identity import USEARCH_METRIC, exact_distances
+from quiver.resources.index.identity import USEARCH_METRIC, exact_distances
 
 
 @settings(max_examples=60, deadline=None)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from resources.index.files import (
+from quiver.resources.files import (
     TEMP_MARKER,
     atomic_write,
     atomic_write_bytes,

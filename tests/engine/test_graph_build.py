@@ -7,7 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from usearch.index import search
 
-from resources.index.identity import GRAPH_ROWS_PER_THREAD, HnswParams, IndexIdentity, add_to_graph, new_usearch_index
+from quiver.resources.index.identity import (
+    GRAPH_ROWS_PER_THREAD,
+    HnswParams,
+    IndexIdentity,
+    add_to_graph,
+    new_usearch_index,
+)
 
 IDENTITY = IndexIdentity(dim=32, metric="cosine", dtype="f32", model="test")
 

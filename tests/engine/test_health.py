@@ -1,4 +1,4 @@
-"""resources.health on engine-built index directories and small DuckDB tables (seeded, no model)."""
+"""quiver.resources.health on engine-built index directories and small DuckDB tables (seeded, no model)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from resources import health
-from resources.index import IndexReader
-from resources.index.identity import HnswParams
-from resources.warehouse import TableLayout
+from quiver.resources import health
+from quiver.resources.index import IndexReader
+from quiver.resources.index.identity import HnswParams
+from quiver.resources.warehouse import TableLayout
 
 DIM = 16
 

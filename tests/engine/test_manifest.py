@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from resources.index.errors import CorruptFileError, IndexNotBuiltError, UnsupportedFormatError
-from resources.index.identity import HnswParams
-from resources.index.manifest import (
+from quiver.resources.index.errors import CorruptFileError, IndexNotBuiltError, UnsupportedFormatError
+from quiver.resources.index.identity import HnswParams
+from quiver.resources.index.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     FileEntry,

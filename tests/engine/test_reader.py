@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from resources.index import commitlog, snapshot
-from resources.index.errors import CorruptFileError, IndexNotBuiltError
-from resources.index.reader import IndexReader
+from quiver.resources.index import commitlog, snapshot
+from quiver.resources.index.errors import CorruptFileError, IndexNotBuiltError
+from quiver.resources.index.reader import IndexReader
 
 METRICS = ["cosine", "l2", "inner_product"]
 

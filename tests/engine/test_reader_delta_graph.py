@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 
-from resources.index import reader as reader_module
-from resources.index.reader import IndexReader
+from quiver.resources.index import reader as reader_module
+from quiver.resources.index.reader import IndexReader
 
 DIM = 16
 

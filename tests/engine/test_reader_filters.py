@@ -7,9 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from resources.index import reader as reader_module
-from resources.index.reader import IndexReader
-from resources.index.row_filter import FilterError
+from quiver.resources.index import reader as reader_module
+from quiver.resources.index.reader import IndexReader
+from quiver.resources.index.row_filter import FilterError
 
 DIM = 16
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resources.searcher import Searcher, SearchError
+from quiver.resources.search import Searcher, SearchError
 
 DIM = 8
 

@@ -11,12 +11,12 @@ import json
 import numpy as np
 import pytest
 
-from resources.index import commitlog, snapshot
-from resources.index.errors import CorruptFileError, IdentityMismatchError, SequenceError
-from resources.index.files import TEMP_MARKER
-from resources.index.identity import HnswParams
-from resources.index.manifest import manifest_path, read_manifest
-from resources.index.store import IndexStore, read_stats
+from quiver.resources.files import TEMP_MARKER
+from quiver.resources.index import commitlog, snapshot
+from quiver.resources.index.errors import CorruptFileError, IdentityMismatchError, SequenceError
+from quiver.resources.index.identity import HnswParams
+from quiver.resources.index.manifest import manifest_path, read_manifest
+from quiver.resources.index.store import IndexStore, read_stats
 
 # MANIFEST.json, .writer.lock, and two snapshot directories of two files each
 STEADY_STATE_FILES = 6

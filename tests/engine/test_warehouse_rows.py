@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resources import warehouse
+from quiver.resources import warehouse
 
 LAYOUT = warehouse.TableLayout(dataset="t", primary_key="id", text_columns=("text",))
 SCHEMA = pa.schema(

@@ -25,10 +25,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from resources.index import IndexReader, IndexStore, read_stats
-from resources.index.commitlog import vector_type
-from resources.index.identity import HnswParams, IndexIdentity
-from resources.index.manifest import read_manifest
+from quiver.resources.index import IndexReader, IndexStore, read_stats
+from quiver.resources.index.commitlog import vector_type
+from quiver.resources.index.identity import HnswParams, IndexIdentity
+from quiver.resources.index.manifest import read_manifest
+from tests.invariants import Entry, State, check_at_rest
 
 REPO = Path(__file__).resolve().parents[2]
 DIM = 6
@@ -215,6 +216,15 @@ class IndexMachine(RuleBasedStateMachine):
             # manifest, lock, 2 snapshots x 2 files, the segments after each of them (I7)
             assert stats.files <= 6 + stats.segments + self.index.segments_kept_for_fallback
 
+    @invariant()
+    def the_directory_alone_holds_the_model(self):
+        """Read back without the reader: I2 against the model, I3, I6 and I7 (a damaged snapshot
+        breaks I3 on purpose until the next snapshot repairs it)."""
+        if self.index is not None and not self.index.snapshot_damaged:
+            on_disk = check_at_rest(self.index.root)
+            want = State({k: Entry(pk, {"name": name}, vector) for k, (pk, vector, name) in self.index.model.items()})
+            assert on_disk.difference(want) is None, on_disk.difference(want)
+
     def teardown(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
@@ -228,7 +238,7 @@ _CHILD = r"""
 import json, sys
 from pathlib import Path
 import numpy as np
-from resources.index import IndexReader, read_stats
+from quiver.resources.index import IndexReader, read_stats
 reports = []
 for root, expected in json.load(open(sys.argv[1])):
     reader = IndexReader(Path(root))

@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from resources.index import IndexStore, commitlog
-from resources.index.commitlog import KEY, OP, OP_DELETE, OP_UPSERT, SEQ, VECTOR
-from resources.index.identity import HnswParams, IndexIdentity
+from quiver.resources.index import IndexStore, commitlog
+from quiver.resources.index.commitlog import KEY, OP, OP_DELETE, OP_UPSERT, SEQ, VECTOR
+from quiver.resources.index.identity import HnswParams, IndexIdentity
 
 DIM = 8
 

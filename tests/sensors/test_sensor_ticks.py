@@ -23,11 +23,11 @@ from dagster import (
     build_sensor_context,
 )
 
-from pipelines.definitions import build_definitions
-from pipelines.spec import load_spec
-from resources.index.manifest import manifest_path
-from sensors.snapshot_policy import AT_FOLD, INCREMENTAL, REBUILD, decide
-from sensors.snapshot_sensor import BOOT, policy_for
+from quiver.pipelines.definitions import build_definitions
+from quiver.resources.index.manifest import manifest_path
+from quiver.resources.index.snapshot_policy import AT_FOLD, INCREMENTAL, REBUILD, SnapshotPolicy, decide
+from quiver.resources.spec import load_spec
+from quiver.sensors.snapshot_sensor import BOOT
 from tests.conftest import dataset_entry, write_spec
 
 DS = "pkgs"
@@ -154,9 +154,9 @@ def test_the_outlook_agrees_with_what_the_snapshot_does(project, deleted, bound)
     index.snapshot()
     index.delete(range(deleted))
     spec, _ = project.make(rebuild_tombstone_percent=bound)
-    from resources.index import read_stats
+    from quiver.resources.index import read_stats
 
-    outlook = decide(read_stats(project.home / DS), policy_for(spec.get(DS))).outlook
+    outlook = decide(read_stats(project.home / DS), SnapshotPolicy.from_spec(spec.get(DS).snapshots)).outlook
     rebuilt = index.snapshot(bound).rebuilt
     assert outlook == AT_FOLD or outlook == (REBUILD if rebuilt else INCREMENTAL)
     assert rebuilt == (100.0 * deleted / (100 - deleted) > bound)

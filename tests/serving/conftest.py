@@ -7,8 +7,8 @@ import os
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.spec import load_spec
-from resources.embedding import ENV_CACHE, default_cache_dir
+from quiver.resources.embedding import ENV_CACHE, default_cache_dir
+from quiver.resources.spec import load_spec
 from tests.conftest import ROOT, dataset_entry, write_spec
 from tests.dagster.helpers import materialize_all
 

@@ -12,7 +12,7 @@ from tests.serving.conftest import env_for
 
 def _cli(built, *args):
     return subprocess.run(
-        [sys.executable, "-m", "pipelines", *args],
+        [sys.executable, "-m", "quiver", *args],
         cwd=ROOT,
         env=env_for(built),
         capture_output=True,

@@ -1,4 +1,4 @@
-"""The HTTP surface: ``python -m pipelines serve`` in a subprocess, called with a real HTTP client."""
+"""The HTTP surface: ``python -m quiver serve`` in a subprocess, called with a real HTTP client."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from resources.searcher import Searcher
+from quiver.resources.search import Searcher
 from tests.conftest import ROOT
 from tests.serving.conftest import env_for
 
@@ -29,7 +29,7 @@ def server(built, tmp_path_factory):
     log = tmp_path_factory.mktemp("http") / "server.log"  # a file, not a pipe nobody drains
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines", "serve", "--port", str(port)],
+            [sys.executable, "-m", "quiver", "serve", "--port", str(port)],
             cwd=ROOT,
             env=env_for(built),
             stdout=out,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import duckdb
 from dagster import AssetKey, DagsterInstance, RunConfig, materialize
 
-from assets.neighbours import NeighboursConfig, neighbours_asset
-from pipelines.definitions import DUCKDB_FILE, build_definitions, build_resources
+from quiver.assets.neighbours import NeighboursConfig, neighbours_asset
+from quiver.pipelines.definitions import DUCKDB_FILE, build_definitions, build_resources
 from tests.dagster.helpers import metadata_of
 
 KEY = ["pkgs", "neighbours"]

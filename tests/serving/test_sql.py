@@ -7,8 +7,8 @@ import json
 import duckdb
 import pytest
 
-from pipelines.sql import register
-from resources.searcher import Searcher
+from quiver.pipelines.sql import register
+from quiver.resources.search import Searcher
 
 
 @pytest.fixture(scope="module")

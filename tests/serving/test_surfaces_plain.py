@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 
 def test_sql_and_http_import_without_dagster_or_torch():
     code = (
-        "import sys, pipelines.sql, pipelines.http_api; "
+        "import sys, quiver.pipelines.sql, quiver.pipelines.http_api; "
         "print(sorted(m for m in ('dagster', 'torch', 'onnxruntime') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.spec import (
+from quiver.resources.spec import (
     DEFAULT_MODEL,
     DTYPES,
     METRICS,
@@ -432,6 +432,6 @@ def test_no_dagster_import():
     import subprocess
     import sys
 
-    code = "import sys, pipelines.spec; assert 'dagster' not in sys.modules"
+    code = "import sys, quiver.resources.spec; assert 'dagster' not in sys.modules"
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.spec import ChecksSpec, SpecError, parse_spec
+from quiver.resources.spec import ChecksSpec, SpecError, parse_spec
 
 BASE = Path("/specs")
 DATASET = {"name": "products", "from": "p.parquet", "primary_key": "id", "embeddings": {"column": "text"}}

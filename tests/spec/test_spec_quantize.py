@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.spec import DEFAULT_MODEL, SpecError, parse_spec
-from resources.embedding import model_identity, split_identity
+from quiver.resources.embedding import model_identity, split_identity
+from quiver.resources.spec import DEFAULT_MODEL, SpecError, parse_spec
 
 BASE = Path("/specs")
 

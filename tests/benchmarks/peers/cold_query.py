@@ -26,7 +26,7 @@ def main() -> None:
     vector = np.load(vector_file)
     imported = opened = time.perf_counter()
     if system == "quiver":
-        from pipelines import search
+        from quiver.pipelines import search
 
         imported = time.perf_counter()
         hits = search("bench", vector, k=10, ef_search=64).num_rows

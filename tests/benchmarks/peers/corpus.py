@@ -142,7 +142,7 @@ def _debian(count: int, cache: Path) -> tuple[np.ndarray, list[str], np.ndarray,
     texts = [
         f"{p}: {d}" for p, d in zip(table.column("package").to_pylist(), table.column("short_description").to_pylist())
     ]
-    from resources.embedding import get_embedder
+    from quiver.resources.embedding import get_embedder
 
     embedder = get_embedder()
     path = cache / f"{DEBIAN.stem}-{embedder.model}-{count}.npy"

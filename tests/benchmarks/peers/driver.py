@@ -285,7 +285,7 @@ def crash_vss(corpus: corpora.Corpus, work: Path) -> dict:
 
 def embedding_rate(texts: list[str], runs: int = 3) -> dict:
     """Rows/s of the project's embedder (whatever backend it picks now) on real texts."""
-    from resources.embedding import get_embedder
+    from quiver.resources.embedding import get_embedder
 
     embedder = get_embedder()
     embedder.embed(texts[:8])  # load outside the timing

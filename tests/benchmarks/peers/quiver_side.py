@@ -5,7 +5,7 @@ plan_changes, commit_changes, one connection per asset as the Dagster assets hol
 corpus's precomputed vectors in place of the model: the benchmark compares storage and serving, and
 embedding is measured on its own. The index side is the index and snapshot assets' engine calls
 (changes_after, IndexStore.append_segment, IndexStore.take_snapshot). Queries go through the
-Python helper ``pipelines.search`` with a vector, as a user would call it.
+Python helper ``quiver.search`` with a vector, as a user would call it.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from resources import warehouse
-from resources.index import HnswParams, IndexIdentity, IndexReader, IndexStore
+from quiver.resources import warehouse
+from quiver.resources.index import HnswParams, IndexIdentity, IndexReader, IndexStore
 from tests.benchmarks.peers.corpus import ChangeRound, Corpus, Rows
 
 DATASET = "bench"
@@ -162,12 +162,12 @@ class QuiverSide:
         os.environ["QUIVER_HOME"], os.environ["QUIVER_DATASETS"] = str(self.home), str(self.spec)
 
     def query(self, queries: np.ndarray, passes: int) -> dict:
-        """Latency of ``pipelines.search`` (rows with the served column) and of the reader (keys only).
+        """Latency of ``quiver.search`` (rows with the served column) and of the reader (keys only).
 
         Each in a pass of its own over all the queries, as raw usearch is measured: right after one
         search of a vector, a second search of the same vector finds the graph's nodes in the CPU
         cache and takes about half the time."""
-        from pipelines import search
+        from quiver.pipelines import search
 
         self.use_env()
         reader = IndexReader(self.index)

@@ -55,7 +55,7 @@ def build_table(r: dict) -> list[dict]:
     recall = {name: query[name]["recall_at_10"] for name in lat}
     q50, v50, u50 = (_median(lat[n]["p50_ms"]) for n in ("quiver", "vss", "usearch"))
     add(
-        "query p50 ms (quiver: pipelines.search, rows)",
+        "query p50 ms (quiver: quiver.search, rows)",
         fmt(lat["quiver"]["p50_ms"]),
         fmt(lat["vss"]["p50_ms"]),
         fmt(lat["usearch"]["p50_ms"]),

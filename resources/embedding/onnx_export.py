@@ -2,7 +2,7 @@
 
 An export is the whole sentence-transformers pipeline (transformer, the model's own pooling and,
 if the model has one, its normalisation) traced with ``torch.onnx.export`` into one graph that
-ONNX Runtime runs on CPU (:mod:`resources.onnx_backend`). Making it needs torch and a few seconds;
+ONNX Runtime runs on CPU (:mod:`quiver.resources.embedding.onnx_backend`). Making it needs torch and a few seconds;
 using it needs neither. Exports are made on first use by an embedder, never at import.
 
 Cache layout (under ``<QUIVER_HOME>/models`` unless the caller gives another root)::
@@ -14,9 +14,10 @@ Cache layout (under ``<QUIVER_HOME>/models`` unless the caller gives another roo
 The fingerprint covers every file of the model directory (relative path, size, bytes) except
 README*, .gitattributes and the folders other exporters write there (onnx/, openvino/), so a
 changed model gets a new folder and a stale export is never used. Each variant folder is built
-under ``<root>/.tmp-*`` and renamed into place whole; a second process racing to make the same
-export loses the rename and uses the winner's. Leftover ``.tmp-*`` folders are removed when an
-export is made.
+under a temp name beside it and published by ``files.atomic_write`` (every file fsynced, renamed
+into place whole, the folder fsynced); a second process racing to make the same export loses the
+rename and uses the winner's. Temp folders older than an hour (a crashed export) are removed when
+an export is made.
 
 ``EXPORT.json`` (format 1)::
 
@@ -46,16 +47,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import xxhash
+
+from quiver.resources.embedding.onnx_backend import OnnxEncoder, encode_texts
+from quiver.resources.embedding.token_batches import load_tokenizer
+from quiver.resources.files import TEMP_MARKER, atomic_write, remove_path
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +228,8 @@ def _make_fp32(root: Path, model_dir: Path, threads: int, sample: list[str] | No
         def forward(self, *tensors):
             return self.st(dict(zip(names, tensors)))["sentence_embedding"]
 
-    with _staging(root) as tmp:
+    def build(tmp: Path) -> None:
+        tmp.mkdir()
         graph = tmp / GRAPH_FILE
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")  # tracer and deprecation chatter
@@ -250,7 +255,9 @@ def _make_fp32(root: Path, model_dir: Path, threads: int, sample: list[str] | No
             )
         dim = int(reference.shape[1])
         meta = _meta("fp32", model_dir, graph, dim, st.max_seq_length, names, fidelity, started)
-        return _publish(root, model_dir, "fp32", tmp, meta)
+        (tmp / EXPORT_FILE).write_text(json.dumps(meta, indent=2) + "\n")  # last: a folder without it is no export
+
+    return _publish(root, model_dir, "fp32", build)
 
 
 def _make_int8(root: Path, model_dir: Path, fp32: OnnxExport, threads: int, sample: list[str] | None) -> OnnxExport:
@@ -258,7 +265,8 @@ def _make_int8(root: Path, model_dir: Path, fp32: OnnxExport, threads: int, samp
 
     started = time.perf_counter()
     log.info("quantizing the ONNX export of %s to int8 (dynamic, per-channel)", model_dir)
-    with _staging(root) as tmp:
+    def build(tmp: Path) -> None:
+        tmp.mkdir()
         graph = tmp / GRAPH_FILE
         with _quiet_quantizer():
             quantize_dynamic(
@@ -281,7 +289,9 @@ def _make_int8(root: Path, model_dir: Path, fp32: OnnxExport, threads: int, samp
                 "dataset's embeddings block to embed in fp32"
             )
         meta = _meta("int8", model_dir, graph, fp32.dim, fp32.max_seq_length, list(fp32.inputs), fidelity, started)
-        return _publish(root, model_dir, "int8", tmp, meta)
+        (tmp / EXPORT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+    return _publish(root, model_dir, "int8", build)
 
 
 class _quiet_quantizer(logging.Filter):
@@ -314,9 +324,6 @@ def _after_activation(graph: Path) -> list[str]:
 
 
 def _run(graph: Path, model_dir: Path, max_seq_length: int, threads: int, texts: list[str]) -> np.ndarray:
-    from resources.onnx_backend import OnnxEncoder, encode_texts
-    from resources.token_batches import load_tokenizer
-
     return encode_texts(OnnxEncoder(graph, threads), load_tokenizer(model_dir, max_seq_length), texts)
 
 
@@ -347,45 +354,23 @@ def _version(package: str) -> str | None:
         return None
 
 
-class _staging:
-    """A temp folder under ``root`` (same file system, so the publish is a rename); removed on exit."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def __enter__(self) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        for old in self.root.glob(".tmp-*"):  # leftovers of a crashed export
-            if time.time() - old.stat().st_mtime > 3600:
-                shutil.rmtree(old, ignore_errors=True)
-        self.path = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
-        return self.path
-
-    def __exit__(self, *exc) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _publish(root: Path, model_dir: Path, variant: str, tmp: Path, meta: dict) -> OnnxExport:
-    """fsync the files, write EXPORT.json last, rename the folder into place (first writer wins)."""
-    (tmp / EXPORT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    for path in (tmp / GRAPH_FILE, tmp / EXPORT_FILE):
-        with path.open("rb+") as f:
-            os.fsync(f.fileno())
+def _publish(root: Path, model_dir: Path, variant: str, build: Callable[[Path], None]) -> OnnxExport:
+    """``build`` the export into a temp folder beside its place, publish it with the project's one
+    atomic-publish helper (fsync every file, rename, fsync the folder); the first writer wins."""
     target = export_dir(root, model_dir, variant)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for old in target.parent.glob(f"{TEMP_MARKER}*"):  # leftovers of a crashed export (not a running one)
+        if time.time() - old.stat().st_mtime > 3600:
+            remove_path(old)
+    started = time.perf_counter()
     try:
-        os.rename(tmp, target)
-    except OSError:
+        atomic_write(target, build, label="onnx_export")
+    except OSError:  # the folder is there: another process published first (FileExistsError, ENOTEMPTY)
         if not (target / EXPORT_FILE).exists():
             raise
         log.info("another process made %s first; using it", target)
     else:
-        fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        log.info("exported %s (%s) to %s in %.1fs", model_dir.name, variant, target, meta["export_seconds"])
+        log.info("exported %s (%s) to %s in %.1fs", model_dir.name, variant, target, time.perf_counter() - started)
     found = load_export(root, model_dir, variant)
     if found is None:
         raise RuntimeError(f"the export just written to {target} does not read back; remove the folder and retry")

@@ -7,8 +7,8 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sensors import source_listing
-from sensors.source_listing import compare, content_digest, scan
+from quiver.resources.warehouse import source_listing
+from quiver.resources.warehouse.source_listing import compare, content_digest, scan
 
 
 def write(path, values):

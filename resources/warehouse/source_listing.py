@@ -19,7 +19,7 @@ from pathlib import Path
 
 import xxhash
 
-from resources.warehouse import resolve_source_files
+from quiver.resources.warehouse.source import resolve_source_files
 
 FULL_HASH_BYTES = 64 << 20
 MAGIC = b"PAR1"

@@ -1,11 +1,14 @@
-"""Asset keys, tags and the warehouse layout of a dataset: one place so every stage agrees."""
+"""Asset keys and tags of a dataset: one place so assets, checks, sensors and jobs agree.
+
+The Dagster layer below assets and sensors, so both import it without reaching up or sideways.
+(The dataset's DuckDB tables are named by the engine: ``warehouse.layout_for``.)
+"""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from pipelines.spec import DatasetSpec
-from resources.warehouse import TableLayout
+from quiver.resources.spec import DatasetSpec
 
 STAGES = ("source", "rows", "embeddings", "index", "snapshot")
 
@@ -17,17 +20,6 @@ def key(spec: DatasetSpec, stage: str) -> dg.AssetKey:
 
 def tags(spec: DatasetSpec) -> dict[str, str]:
     return {"dataset": spec.name}
-
-
-def layout(spec: DatasetSpec) -> TableLayout:
-    return TableLayout(
-        dataset=spec.name,
-        primary_key=spec.primary_key,
-        text_columns=tuple(spec.embeddings.columns),
-        separator=spec.embeddings.separator,
-        served_columns=tuple(spec.columns) if spec.columns is not None else None,
-        refresh_mode=spec.refresh_mode,
-    )
 
 
 def source_spec(spec: DatasetSpec) -> dg.AssetSpec:

@@ -6,8 +6,15 @@ import itertools
 
 import pytest
 
-from resources.index.store import LogStats
-from sensors.snapshot_policy import AT_FOLD, INCREMENTAL, REBUILD, SnapshotPolicy, decide, rebuild_outlook
+from quiver.resources.index.snapshot_policy import (
+    AT_FOLD,
+    INCREMENTAL,
+    REBUILD,
+    SnapshotPolicy,
+    decide,
+    rebuild_outlook,
+)
+from quiver.resources.index.store import LogStats
 
 POLICY = SnapshotPolicy(interval_seconds=600, min_delta_commitlogs=3, min_delta_size_percent=5, on_startup=False)
 

@@ -17,11 +17,11 @@ from dagster import ConfigurableResource
 from dagster_duckdb import DuckDBResource
 from pydantic import PrivateAttr
 
-from pipelines.spec import DatasetSpec
-from resources import warehouse
-from resources.embedding import Embedder, get_embedder
-from resources.index import HnswParams, IndexIdentity, IndexStore
-from resources.searcher import Searcher
+from quiver.resources import warehouse
+from quiver.resources.embedding import Embedder, get_embedder
+from quiver.resources.index import HnswParams, IndexIdentity, IndexStore
+from quiver.resources.search import Searcher
+from quiver.resources.spec import DatasetSpec
 
 WRITER_POOL = "quiver_duckdb_writer"  # one DuckDB writer at a time (instance limit 1)
 
@@ -38,7 +38,7 @@ def open_connection(resource: DuckDBResource) -> Iterator[duckdb.DuckDBPyConnect
 
 
 class EmbedderResource(ConfigurableResource):
-    """Embedding models, loaded offline on first use (see ``resources.embedding``).
+    """Embedding models, loaded offline on first use (see ``quiver.resources.embedding``).
 
     ``backend``: auto (ONNX Runtime on CPU, torch when a CUDA GPU is present), onnx or torch; unset
     reads ``$QUIVER_EMBED_BACKEND``. ``threads``: unset reads ``$QUIVER_EMBED_THREADS``, else every

@@ -1,6 +1,6 @@
 """One ONNX Runtime session on CPU that turns token batches into sentence embeddings. No torch.
 
-The exported graph (see :mod:`resources.onnx_export`) is the whole sentence-transformers model:
+The exported graph (see :mod:`quiver.resources.embedding.onnx_export`) is the whole sentence-transformers model:
 transformer, the model's own pooling and, when the model has one, its normalisation. Its inputs
 are the tokenizer's arrays (``input_ids``, ``attention_mask`` and, for BERT-like models,
 ``token_type_ids``), int64, shape (batch, tokens); its one output is ``sentence_embedding``
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resources.token_batches import TokenBatch, token_batches
+from quiver.resources.embedding.token_batches import TokenBatch, token_batches
 
 OUTPUT = "sentence_embedding"
 

@@ -14,26 +14,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from resources.index import IndexReader
-from resources.index.errors import IndexNotBuiltError
-from resources.index.manifest import manifest_path
-from resources.index.row_filter import FilterError
-
-
-def get_embedder(model: str, device: str | None):
-    # Imported on the first text query: a process that searches with vectors never loads it.
-    from resources.embedding import get_embedder
-
-    return get_embedder(model, device)
+from quiver.resources.embedding import get_embedder
+from quiver.resources.index import IndexReader
+from quiver.resources.index.errors import IndexNotBuiltError
+from quiver.resources.index.manifest import manifest_path
+from quiver.resources.index.row_filter import FilterError
+from quiver.resources.spec import UnknownDatasetError
 
 
 class SearchError(ValueError):
     """A query that cannot be answered as asked; the message says what to change."""
-
-
-class UnknownDatasetError(SearchError, KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class Searcher:
@@ -54,7 +44,7 @@ class Searcher:
                 if not manifest_path(root).exists():
                     raise IndexNotBuiltError(
                         f"dataset {dataset!r} has no index at {root} yet: materialize its assets first "
-                        f"(dagster asset materialize -m pipelines.definitions --select 'tag:dataset={dataset}')"
+                        f"(dagster asset materialize -m quiver.pipelines.definitions --select 'tag:dataset={dataset}')"
                     )
                 self._readers[dataset] = IndexReader(root)
             reader = self._readers[dataset]

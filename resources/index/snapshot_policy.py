@@ -2,7 +2,7 @@
 
 Inputs are the log statistics read from the manifest, a directory listing and the segments'
 Parquet footers (``read_stats``), never DuckDB and never a vector, so evaluating the policy is
-cheap enough for every sensor tick. The sensor and ``python -m pipelines status`` both call
+cheap enough for every sensor tick. The sensor and ``python -m quiver status`` both call
 ``decide``, so what status prints is what the sensor does.
 """
 
@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from resources.index.store import LogStats
+from quiver.resources.index.store import LogStats
+from quiver.resources.spec import SnapshotsSpec
 
 # Outlook of the next snapshot: the tombstone bound (DESIGN §4) is checked exactly when folding;
 # from the stats alone it is known only between bounds, so it can also be "decided when folding".
@@ -31,6 +32,20 @@ class SnapshotPolicy:
     min_delta_size_percent: float = 5
     on_startup: bool = True
     rebuild_tombstone_percent: float = 20
+
+
+    @classmethod
+    def from_spec(cls, snapshots: SnapshotsSpec) -> SnapshotPolicy:
+        """The policy a dataset's ``snapshots:`` block asks for."""
+        s = snapshots
+        return cls(
+            s.enabled,
+            s.interval_seconds,
+            s.min_delta_commitlogs,
+            s.min_delta_size_percent,
+            s.on_startup,
+            s.rebuild_tombstone_percent,
+        )
 
 
 @dataclass(frozen=True)

@@ -1,282 +1,37 @@
-"""DuckDB statements: the system of record for rows, embeddings and change records. No Dagster.
+"""The embedding diff and the change records (I1): plan, commit in one transaction, read back for the log.
 
-Tables per dataset ``<ds>`` (identifiers come validated from the spec and are quoted here; values
-are bound as parameters):
-
-    <ds>_rows        the source as last read: primary key + served columns + embedded columns
-    <ds>_keys        primary key -> ``_key`` UBIGINT, given on first sight and never reused, so an
-                     updated (or deleted and re-added) row keeps its usearch key
-    <ds>_embeddings  primary key, ``_key``, ``_seq`` (the seq of the row's latest change),
-                     ``_content_hash`` (md5 of model identity + NUL + the embedded text),
-                     ``_served_hash`` (md5 of the served columns), ``_vector`` FLOAT[dim], served columns
-    <ds>_changes     one record per change (I1): ``_seq`` BIGINT (monotonic), ``_op`` upsert|delete,
-                     ``_key``, primary key, ``_at`` — written in the same transaction as the change
-    <ds>_rebuilds    one record per full rebuild: ``_seq`` (the first seq of the rebuilt state), ``_at``,
-                     ``dim``, ``model``, ``rows``. A rebuild replaces ``<ds>_embeddings`` and
-                     ``<ds>_changes`` in one transaction; seqs keep growing across it, so an index
-                     whose log ends before ``_seq`` predates the rebuild (resources/rebuild.py)
-    <ds>_watermark   append mode with a ``time_column``: ``time_column`` (its name) and ``watermark``
-                     (the largest value read so far, in the column's own type); the next refresh
-                     reads only rows above it
-
-The commit log is derived from these: the changes after a seq, one per key (its latest), joined
-with the current embedded row for upserts.
+Tables: ``<ds>_keys``, ``<ds>_embeddings``, ``<ds>_changes`` and ``<ds>_rebuilds`` (see
+``warehouse.layout``). The commit log is derived from these: the changes after a seq, one per key
+(its latest), joined with the current embedded row for upserts. No Dagster.
 """
 
 from __future__ import annotations
 
-import glob
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from resources.faults import kill_point
+from quiver.resources.faults import kill_point
+from quiver.resources.warehouse.layout import (
+    CONTENT_HASH,
+    INTERNAL,
+    KEY,
+    OP,
+    SEQ,
+    SERVED_HASH,
+    TEXT,
+    VECTOR,
+    ConcurrentWriteError,
+    DimensionMismatchError,
+    TableLayout,
+    WarehouseError,
+    columns_of,
+    q,
+    table_exists,
+)
 
-KEY, SEQ, OP, VECTOR = "_key", "_seq", "_op", "_vector"
-CONTENT_HASH, SERVED_HASH, TEXT = "_content_hash", "_served_hash", "_text"
-INTERNAL = (KEY, SEQ, OP, VECTOR, CONTENT_HASH, SERVED_HASH)
-
-
-class WarehouseError(ValueError):
-    """Bad source data or a state the warehouse refuses to write; nothing was committed."""
-
-
-class SourceNotFoundError(WarehouseError, FileNotFoundError):
-    pass
-
-
-class ConcurrentWriteError(WarehouseError, RuntimeError):
-    pass
-
-
-class DimensionMismatchError(WarehouseError):
-    """The model's vectors have another dimension than the embedded table's; only a rebuild crosses."""
-
-
-def q(identifier: str) -> str:
-    """Quote an identifier (already validated as plain by the spec; quoting is the second guard)."""
-    return '"' + identifier.replace('"', '""') + '"'
-
-
-@dataclass(frozen=True)
-class TableLayout:
-    dataset: str
-    primary_key: str
-    text_columns: tuple[str, ...]
-    separator: str = "\n"
-    served_columns: tuple[str, ...] | None = None  # None: every source column
-    refresh_mode: str = "full"  # full | append
-
-    def table(self, stage: str) -> str:
-        return q(f"{self.dataset}_{stage}")
-
-    @property
-    def rows(self) -> str:
-        return self.table("rows")
-
-    @property
-    def embeddings(self) -> str:
-        return self.table("embeddings")
-
-    @property
-    def keys(self) -> str:
-        return self.table("keys")
-
-    @property
-    def changes(self) -> str:
-        return self.table("changes")
-
-    @property
-    def rebuilds(self) -> str:
-        return self.table("rebuilds")
-
-    @property
-    def watermark(self) -> str:
-        return self.table("watermark")
-
-
-def writer_settings(conn: duckdb.DuckDBPyConnection) -> None:
-    """Settings for every connection that writes the database file (``open_connection`` applies them).
-
-    - Small commits stay in DuckDB's WAL when the connection closes, instead of a checkpoint at
-      every close: a checkpoint rewrites the partly filled blocks of every column a commit touched,
-      so at 100,000 rows a refresh of 3,000 changed rows wrote 3.8x their raw bytes to the database
-      file (``make bench``, update rounds); with the WAL kept, 1.15x between checkpoints and 1.8x
-      counting the checkpoint that comes every few refreshes. The WAL is DuckDB's own
-      durability (replayed on open, read-only opens included); DuckDB checkpoints once it passes
-      ``checkpoint_threshold`` (16 MiB), and a commit too big for it is checkpointed directly.
-    - No ALP/ALPRD compression: embedding floats do not compress, and ALPRD stored a FLOAT[384]
-      column at 1.57x its raw bytes (blocks two-thirds full); uncompressed it takes 1.0x, and
-      checkpoints write it faster. Other DOUBLE/FLOAT columns are stored uncompressed too.
-      Data written with them stays readable.
-    """
-    conn.execute("PRAGMA disable_checkpoint_on_shutdown")
-    conn.execute("SET disabled_compression_methods = 'alp,alprd'")
-
-
-def table_exists(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return bool(
-        conn.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name.strip('"')]
-        ).fetchone()[0]
-    )
-
-
-def _columns(conn: duckdb.DuckDBPyConnection, relation: str, params: list | None = None) -> dict[str, str]:
-    return {row[0]: row[1] for row in conn.execute(f"DESCRIBE {relation}", params).fetchall()}
-
-
-# -- source --------------------------------------------------------------------------------------
-def resolve_source_files(dataset: str, path: Path) -> list[str]:
-    """A Parquet file, a directory of them (recursively) or a glob; sorted; at least one."""
-    if path.is_dir():
-        files = sorted(str(p) for p in path.rglob("*.parquet"))
-    elif any(ch in str(path) for ch in "*?["):
-        files = sorted(glob.glob(str(path), recursive=True))
-    else:
-        files = [str(path)] if path.is_file() else []
-    if not files:
-        raise SourceNotFoundError(
-            f"dataset {dataset!r}: no Parquet file at {path} (a file, a directory of .parquet files, "
-            "or a glob). Fix `from:` in the dataset spec or create the file."
-        )
-    return files
-
-
-@dataclass(frozen=True)
-class LoadResult:
-    rows_read: int  # rows read from the source (in append mode with a time column: above the watermark)
-    rows_in_table: int
-    columns: tuple[str, ...]
-    watermark: object = None  # append mode with a time column: the largest time value read so far
-
-
-def load_source(
-    conn: duckdb.DuckDBPyConnection, layout: TableLayout, files: list[str], time_column: str | None = None
-) -> LoadResult:
-    """Validate the source and replace (full) or extend (append) ``<ds>_rows`` in one transaction.
-
-    Full mode writes only the difference (``_merge_rows``) when the table's columns are unchanged,
-    so a refresh that changes 1% of a table writes about 1% of it, not the whole table again.
-    Append mode adds only primary keys the table does not hold yet; with ``time_column`` it reads
-    only rows whose time is above the watermark (the largest time read by earlier refreshes).
-    """
-    append = layout.refresh_mode == "append" and table_exists(conn, layout.rows)
-    time_column = time_column if layout.refresh_mode == "append" else None
-    # DuckDB 1.5's external file cache served a source rewritten in place at the same size from its
-    # old bytes ("Snappy decompression failure" on a connection that had read it before; a quieter
-    # case would be stale rows). A refresh reads each file once: the cache buys nothing here.
-    conn.execute("SET enable_external_file_cache = false")
-    conn.execute("BEGIN")
-    try:
-        source = "read_parquet(?, union_by_name = true)"
-        source_columns = _columns(conn, f"SELECT * FROM {source}", [files])
-        _validate_time_column(layout, source_columns, time_column)
-        only_newer = append and _has_watermark(conn, layout, time_column)
-        newer = f" WHERE {q(time_column)} > (SELECT watermark FROM {layout.watermark})" if only_newer else ""
-        conn.execute(f"CREATE OR REPLACE TEMP TABLE _source AS SELECT * FROM {source}{newer}", [files])
-        _validate_source(conn, layout, source_columns)
-        served = layout.served_columns or tuple(c for c in source_columns if c != layout.primary_key)
-        keep = [layout.primary_key] + [c for c in dict.fromkeys([*served, *layout.text_columns]) if c != layout.primary_key]
-        select = ", ".join(q(c) for c in keep)
-        rows_read = conn.execute("SELECT count(*) FROM _source").fetchone()[0]
-        if append:
-            conn.execute(
-                f"INSERT INTO {layout.rows} BY NAME SELECT {select} FROM _source s "
-                f"WHERE s.{q(layout.primary_key)} NOT IN (SELECT {q(layout.primary_key)} FROM {layout.rows})"
-            )
-        elif _same_columns(conn, layout.rows, f"SELECT {select} FROM _source"):
-            _merge_rows(conn, layout, keep)
-        else:
-            conn.execute(f"CREATE OR REPLACE TABLE {layout.rows} AS SELECT {select} FROM _source")
-        watermark = _advance_watermark(conn, layout, time_column, only_newer) if time_column else None
-        total = conn.execute(f"SELECT count(*) FROM {layout.rows}").fetchone()[0]
-        conn.execute("DROP TABLE _source")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return LoadResult(rows_read=rows_read, rows_in_table=total, columns=tuple(keep), watermark=watermark)
-
-
-def _same_columns(conn: duckdb.DuckDBPyConnection, table: str, select: str) -> bool:
-    """``table`` exists with exactly the names and types, in order, that ``select`` gives."""
-    return table_exists(conn, table) and list(_columns(conn, table).items()) == list(_columns(conn, select).items())
-
-
-def _merge_rows(conn: duckdb.DuckDBPyConnection, layout: TableLayout, columns: list[str]) -> None:
-    """Make ``<ds>_rows`` equal ``_source`` by deleting the rows that are gone or differ and
-    inserting the new and changed ones: the rows that did not change are not written again."""
-    pk = q(layout.primary_key)
-    same = " AND ".join(f"s.{q(c)} IS NOT DISTINCT FROM r.{q(c)}" for c in columns)
-    conn.execute(f"DELETE FROM {layout.rows} r WHERE NOT EXISTS (SELECT 1 FROM _source s WHERE {same})")
-    select = ", ".join(f"s.{q(c)}" for c in columns)
-    conn.execute(
-        f"INSERT INTO {layout.rows} SELECT {select} FROM _source s "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {layout.rows} r WHERE r.{pk} = s.{pk})"
-    )
-
-
-def _validate_time_column(layout: TableLayout, columns: dict[str, str], time_column: str | None) -> None:
-    if time_column is not None and time_column not in columns:
-        raise WarehouseError(
-            f"dataset {layout.dataset!r}: time column {time_column!r} is not in the source "
-            f"(columns: {', '.join(columns)}); fix `time_column`"
-        )
-
-
-def _has_watermark(conn: duckdb.DuckDBPyConnection, layout: TableLayout, time_column: str | None) -> bool:
-    """A watermark of this very column (one left by another time column does not count)."""
-    if time_column is None or not table_exists(conn, layout.watermark):
-        return False
-    row = conn.execute(f"SELECT time_column, watermark IS NOT NULL FROM {layout.watermark}").fetchone()
-    return row is not None and row[0] == time_column and row[1]
-
-
-def _advance_watermark(conn: duckdb.DuckDBPyConnection, layout: TableLayout, time_column: str, above: bool):
-    """Keep the largest time read so far, in the column's own type; rows without a time never move it.
-
-    ``above``: only rows above the old watermark were read, so their maximum (if any) is the new one.
-    """
-    read_max = f"(SELECT max({q(time_column)}) FROM _source)"
-    if above:
-        conn.execute(f"UPDATE {layout.watermark} SET watermark = coalesce({read_max}, watermark)")
-    else:
-        conn.execute(f"CREATE OR REPLACE TABLE {layout.watermark} AS SELECT ?::VARCHAR AS time_column, {read_max} AS watermark", [time_column])
-    return conn.execute(f"SELECT watermark FROM {layout.watermark}").fetchone()[0]
-
-
-def _validate_source(conn: duckdb.DuckDBPyConnection, layout: TableLayout, columns: dict[str, str]) -> None:
-    ds, pk = layout.dataset, layout.primary_key
-    available = ", ".join(columns)
-    if pk not in columns:
-        raise WarehouseError(f"dataset {ds!r}: primary key column {pk!r} is not in the source (columns: {available}); fix `primary_key`")
-    for name in layout.text_columns:
-        if name not in columns:
-            raise WarehouseError(f"dataset {ds!r}: embedded column {name!r} is not in the source (columns: {available}); fix `embeddings`")
-        if columns[name] != "VARCHAR":
-            raise WarehouseError(f"dataset {ds!r}: embedded column {name!r} is {columns[name]}, not a string; embed a text column")
-    for name in layout.served_columns or ():
-        if name not in columns:
-            raise WarehouseError(f"dataset {ds!r}: served column {name!r} is not in the source (columns: {available}); fix `columns`")
-    clash = [c for c in columns if c in INTERNAL]
-    if clash:
-        raise WarehouseError(f"dataset {ds!r}: source columns {clash} use names quiver reserves; rename them in the source")
-    nulls = conn.execute(f"SELECT count(*) FROM _source WHERE {q(pk)} IS NULL").fetchone()[0]
-    if nulls:
-        raise WarehouseError(f"dataset {ds!r}: {nulls} rows have a null primary key {pk!r}; every row needs one")
-    dupes = conn.execute(
-        f"SELECT {q(pk)}, count(*) AS n FROM _source GROUP BY ALL HAVING n > 1 ORDER BY n DESC, 1 LIMIT 5"
-    ).fetchall()
-    if dupes:
-        shown = ", ".join(f"{value!r} ({n}x)" for value, n in dupes)
-        raise WarehouseError(f"dataset {ds!r}: primary key {pk!r} is not unique: {shown}; make it unique in the source")
-
-
-# -- the embedding diff --------------------------------------------------------------------------
 REBUILD_FIX = "ask for a full rebuild: run the embeddings asset with the run config `full_rebuild: true`"
 
 
@@ -331,7 +86,7 @@ def plan_changes(
     if not table_exists(conn, layout.rows):
         raise WarehouseError(f"dataset {layout.dataset!r}: table {layout.rows} does not exist; materialize the rows asset first")
     pk = q(layout.primary_key)
-    served = tuple(c for c in (layout.served_columns or _columns(conn, layout.rows)) if c != layout.primary_key)
+    served = tuple(c for c in (layout.served_columns or columns_of(conn, layout.rows)) if c != layout.primary_key)
     # A blank column contributes nothing (no dangling separator); all blank means no text.
     texts = [f"CASE WHEN trim({q(c)}) = '' THEN NULL ELSE {q(c)} END" for c in layout.text_columns]
     text_expr = texts[0] if len(texts) == 1 else f"concat_ws($separator, {', '.join(texts)})"
@@ -536,8 +291,8 @@ def _ensure_tables(conn: duckdb.DuckDBPyConnection, layout: TableLayout, served:
             f"{pk}, now()::TIMESTAMPTZ AS _at FROM {layout.rows} LIMIT 0"
         )
         return int(dim)
-    existing = _columns(conn, layout.embeddings)
-    rows_types = _columns(conn, layout.rows)
+    existing = columns_of(conn, layout.embeddings)
+    rows_types = columns_of(conn, layout.rows)
     for name in served:  # a served column added to the spec later
         if name not in existing:
             conn.execute(f"ALTER TABLE {layout.embeddings} ADD COLUMN {q(name)} {rows_types[name]}")
@@ -551,7 +306,7 @@ def changes_after(conn: duckdb.DuckDBPyConnection, layout: TableLayout, after: i
         return None, 0
     pk = q(layout.primary_key)
     if served is None:
-        served = tuple(c for c in _columns(conn, layout.embeddings) if c not in INTERNAL and c != layout.primary_key)
+        served = tuple(c for c in columns_of(conn, layout.embeddings) if c not in INTERNAL and c != layout.primary_key)
     # Every change record has a seq of its own and an embedded row carries its upsert's seq, so a
     # delete never matches a row: the join needs no condition on the op. (One made it a non-equi
     # join, 15x slower: 6.3 s against 0.4 s for 50,000 changes.) ``after`` is inlined, not bound:
@@ -598,4 +353,4 @@ def vector_dim(conn: duckdb.DuckDBPyConnection, layout: TableLayout) -> int | No
     """The dimension of ``<ds>_embeddings._vector``; None before the first embedding."""
     if not table_exists(conn, layout.embeddings):
         return None
-    return int(_columns(conn, layout.embeddings)[VECTOR].split("[")[-1].rstrip("]"))
+    return int(columns_of(conn, layout.embeddings)[VECTOR].split("[")[-1].rstrip("]"))
