@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(QUIVER_HOME)/dagster
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-slow dev bench bench-pipeline bench-refresh bench-churn bench-write-cost bench-freshness bench-serving bench-embedding clean
+.PHONY: install demo test test-slow dev bench bench-pipeline bench-refresh bench-churn bench-write-cost bench-freshness bench-serving bench-embedding bench-chunking clean
 
 # torch first, pinned: on these machines 2.13.0 is a local CPU wheel; an unpinned torch would pull
 # several GB of CUDA packages. Then the lock file, then the project itself (editable, no deps).
@@ -92,6 +92,13 @@ bench-freshness: install
 # embeddings asset's reported rows/s (BENCH_SHORT, BENCH_LONG, BENCH_REPEATS, BENCH_THREADS).
 bench-embedding: install
 	$(BIN)/python tests/benchmarks/bench_embedding.py
+
+# Which chunk size and overlap to default to: Debian's long descriptions (over 300 tokens) among
+# distractors, a sentence from each one's second half as its query, success@1/@10 and MRR@10 per
+# size/overlap against no chunking, and a short-text check (BENCH_CHUNK_DOCS, BENCH_CHUNK_DISTRACTORS,
+# BENCH_CHUNK_CONFIGS; 7 to 11 minutes on two shared cores).
+bench-chunking: install
+	$(BIN)/python tests/benchmarks/bench_chunking.py
 
 clean:
 	rm -rf $(QUIVER_HOME) .pytest_cache .hypothesis

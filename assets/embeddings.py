@@ -11,6 +11,7 @@ from pydantic import Field
 from quiver.resources import health, warehouse
 from quiver.resources.dagster.naming import key, tags
 from quiver.resources.dagster.resources import WRITER_POOL, EmbedderResource, open_connection
+from quiver.resources.embedding.chunking import ChunkSettings, RowChunks, chunk_rows
 from quiver.resources.embedding.progress import ProgressLog
 from quiver.resources.spec import DatasetSpec
 from quiver.resources.warehouse import layout_for
@@ -55,6 +56,7 @@ class _Stages:
 def embeddings_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     table = layout_for(spec)
     model_name = spec.embeddings.identity  # "+int8" when quantized: another model, other vectors
+    content = spec.embeddings.content_identity  # the model, and the chunking when not the default
 
     @dg.asset(
         key=key(spec, "embeddings"),
@@ -63,30 +65,33 @@ def embeddings_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         kinds={"duckdb", "pytorch"},
         tags=tags(spec),
         pool=WRITER_POOL,
-        description=f"Table {spec.name}_embeddings: one {model_name} vector per row of {spec.name!r} with "
-        "non-empty text, its content hash and the seq of its last change; plus the change records.",
+        description=f"Table {spec.name}_embeddings: one {model_name} vector per chunk of each row of {spec.name!r} "
+        "with non-empty text (one chunk when the text fits the model's window), its offsets, the row's content "
+        "hash and the seq of its last change; plus the change records.",
     )
     def embeddings(
         context: dg.AssetExecutionContext, config: EmbeddingsConfig, duckdb: DuckDBResource, embedder: EmbedderResource
     ) -> dg.MaterializeResult:
         clock = _Stages()
         with open_connection(duckdb) as conn:
-            plan = warehouse.plan_changes(conn, table, model_name, full_rebuild=config.full_rebuild)
+            plan = warehouse.plan_changes(conn, table, content, full_rebuild=config.full_rebuild)
         clock.lap("plan")
         if plan.skipped_empty:
             context.log.warning(
                 "%s: skipped %d rows whose embedded text is empty or null (e.g. %s=%s); they are not indexed",
                 spec.name, plan.skipped_empty, spec.primary_key, plan.skipped_examples,
             )
-        vectors = _embed(context, spec, embedder, plan, clock)  # the connection is closed meanwhile
+        chunks, vectors = _embed(context, spec, embedder, plan, clock)  # the connection is closed meanwhile
         with open_connection(duckdb) as conn:
-            committed = warehouse.commit_changes(conn, table, plan, vectors)
-            row_count = warehouse.embedded_count(conn, table)
+            committed = warehouse.commit_changes(conn, table, plan, vectors, chunks.table if chunks else None)
+            row_count = warehouse.embedded_rows(conn, table)
+            chunk_count = warehouse.embedded_count(conn, table)
             dim = warehouse.vector_dim(conn, table) or 0
         clock.lap("commit")
         summary = warehouse.describe_refresh(plan, committed)
         context.log.info("%s: %s", spec.name, summary)
-        metadata = _metadata(plan, committed, row_count, clock, summary) | _observed(spec, plan, row_count, dim, duckdb)
+        metadata = _metadata(plan, committed, row_count, clock, summary) | _chunk_metadata(chunks, chunk_count)
+        metadata |= _observed(spec, plan, chunk_count, dim, duckdb)
         return dg.MaterializeResult(metadata=metadata)
 
     return embeddings
@@ -94,20 +99,38 @@ def embeddings_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
 
 def _embed(
     context: dg.AssetExecutionContext, spec: DatasetSpec, embedder: EmbedderResource, plan: warehouse.ChangePlan, clock: _Stages
-) -> np.ndarray:
+) -> tuple[RowChunks | None, np.ndarray]:
     texts = plan.to_embed.column(warehouse.TEXT).to_pylist()
     if not texts:
         clock.lap("embed")
-        return np.empty((0, 0), dtype=np.float32)
+        return None, np.empty((0, 0), dtype=np.float32)
     model = embedder.get(spec.embeddings.identity)
     warehouse.require_dimension(layout_for(spec), plan, model.dim, fix=rebuild_fix(spec))  # before hours of work
-    clock.lap(None)  # loading the model is not embedding
+    chunker = model.chunker(ChunkSettings.from_spec(spec.embeddings.chunking))
+    chunks = chunk_rows(spec.primary_key, plan.to_embed.column(spec.primary_key), texts, chunker)
+    if chunks.rows_cut:
+        context.log.warning(
+            "%s: %d rows are longer than %s reads (%d tokens) and chunking is off: only their beginning is "
+            "searchable; remove `chunking: {enabled: false}` to embed them whole in chunks",
+            spec.name, chunks.rows_cut, model.model, model.max_seq_length,
+        )
+    clock.lap(None)  # loading the model and splitting the text are not embedding
     context.log.info(
-        "%s: embedding %d rows with %s (%s, %d threads)", spec.name, len(texts), model.model, model.backend, model.threads
+        "%s: embedding %d rows as %d chunks with %s (%s, %d threads)",
+        spec.name, len(texts), len(chunks.texts), model.model, model.backend, model.threads,
     )
-    vectors = model.embed(texts, progress=ProgressLog(lambda line: context.log.info("%s: %s", spec.name, line)))
+    vectors = model.embed(chunks.texts, progress=ProgressLog(lambda line: context.log.info("%s: %s", spec.name, line)))
     clock.lap("embed")
-    return vectors
+    return chunks, vectors
+
+
+def _chunk_metadata(chunks: RowChunks | None, chunk_count: int) -> dict:
+    return {
+        "chunks": chunk_count,
+        "chunks_embedded": len(chunks.texts) if chunks else 0,
+        "rows_split_into_chunks": chunks.rows_split if chunks else 0,
+        "rows_cut_at_the_window": chunks.rows_cut if chunks else 0,
+    }
 
 
 def _metadata(plan: warehouse.ChangePlan, committed: warehouse.CommitResult | None, row_count: int, clock: _Stages, summary: str) -> dict:
@@ -136,11 +159,11 @@ def _metadata(plan: warehouse.ChangePlan, committed: warehouse.CommitResult | No
     }
 
 
-def _observed(spec: DatasetSpec, plan: warehouse.ChangePlan, row_count: int, dim: int, duckdb: DuckDBResource) -> dict:
+def _observed(spec: DatasetSpec, plan: warehouse.ChangePlan, vector_count: int, dim: int, duckdb: DuckDBResource) -> dict:
     """Bytes on disk against the raw vectors, and a five-row preview of what this refresh changed."""
     return {
         "vector_dim": dg.MetadataValue.int(dim),
-        "raw_vector_bytes": dg.MetadataValue.int(health.raw_vector_bytes(row_count, dim)),
+        "raw_vector_bytes": dg.MetadataValue.int(health.raw_vector_bytes(vector_count, dim)),
         "duckdb_file_bytes": dg.MetadataValue.int(health.duckdb_bytes(duckdb.database)),
         "preview": dg.MetadataValue.md(health.change_preview_md(plan, spec.primary_key)),
     }

@@ -1,6 +1,6 @@
 """Command line over the query helper and the index state, for people and scripts.
 
-    python -m quiver search DATASET "text" [--k 10] [--columns a,b] [--where SQL] [--ef-search N] [--json]
+    python -m quiver search DATASET "text" [--k 10] [--columns a,b] [--where SQL] [--ef-search N] [--chunks] [--json]
     python -m quiver status [DATASET] [--json]
     python -m quiver serve [--host 127.0.0.1] [--port 8000]   (HTTP, see quiver.pipelines.http_api)
 
@@ -20,6 +20,7 @@ from quiver.pipelines.http_api import serve
 from quiver.pipelines.query import search
 from quiver.resources.index import read_stats
 from quiver.resources.index.manifest import manifest_path, read_manifest
+from quiver.resources.index.snapshot import distinct_rows
 from quiver.resources.index.snapshot_policy import SnapshotPolicy, decide
 from quiver.resources.spec import SpecError, default_home, load_spec
 from quiver.resources.values import dumps, format_table
@@ -32,9 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("dataset")
     s.add_argument("text")
     s.add_argument("--k", type=int, default=10)
-    s.add_argument("--columns", help="comma-separated served columns (default: all)")
+    s.add_argument("--columns", help="comma-separated served columns (default: all); chunk, chunk_start, chunk_end: which chunk matched")
     s.add_argument("--where", help="SQL predicate over served columns, e.g. \"section = 'python'\"")
     s.add_argument("--ef-search", type=_positive, help="HNSW ef_search for this query (default: the spec's)")
+    s.add_argument("--chunks", action="store_true", help="the k best chunks (a long row may repeat), not k rows")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     st = sub.add_parser("status", help="snapshot, log and file counts per dataset")
     st.add_argument("dataset", nargs="?")
@@ -54,7 +56,8 @@ def _positive(text: str) -> int:
 def _search(args) -> int:
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     table: pa.Table = search(
-        args.dataset, args.text, k=args.k, columns=columns, where=args.where, ef_search=args.ef_search
+        args.dataset, args.text, k=args.k, columns=columns, where=args.where, ef_search=args.ef_search,
+        group=not args.chunks,
     )
     rows = table.to_pylist()
     print(dumps(rows, indent=2) if args.json else format_table(rows))
@@ -78,7 +81,8 @@ def dataset_status(spec, home) -> dict:
         "built": True,
         "identity": manifest.identity.to_dict(),
         "snapshot_seq": stats.snapshot_seq,
-        "snapshot_vectors": stats.snapshot_vectors,
+        "snapshot_vectors": stats.snapshot_vectors,  # one per chunk: a long row is several
+        "snapshot_rows": distinct_rows(root, manifest.snapshot, manifest.primary_key) if manifest.snapshot else 0,
         "snapshot_tombstones": stats.snapshot_tombstones,
         "snapshot_bytes": stats.snapshot_bytes,
         "snapshot_age_seconds": round(stats.snapshot_age_seconds, 1) if stats.snapshot_age_seconds is not None else None,

@@ -37,14 +37,17 @@ def search(
     columns: Sequence[str] | None = None,
     where: str | None = None,
     ef_search: int | None = None,
+    group: bool = True,
 ) -> pa.Table:
     """Top ``k`` rows of ``dataset`` for a text (embedded with the dataset's model) or a vector.
 
     Returns a pyarrow Table, best first: the primary key under its own name, ``score`` (higher is
     better), ``distance``, and the served columns (all of them, or ``columns``). ``where``: a SQL
-    predicate over the served columns; the result is the top ``min(k, matching rows)``.
+    predicate over the served columns; the result is the top ``min(k, matching rows)``. A row whose
+    text was split into chunks is one result, scored by its best chunk (``group=False``: the ``k``
+    best chunks); ``columns`` may add ``chunk``, ``chunk_start``, ``chunk_end`` (which chunk matched).
     """
-    return searcher().search(dataset, text_or_vector, k=k, columns=columns, where=where, ef_search=ef_search)
+    return searcher().search(dataset, text_or_vector, k=k, columns=columns, where=where, ef_search=ef_search, group=group)
 
 
 def search_batch(
@@ -54,7 +57,8 @@ def search_batch(
     columns: Sequence[str] | None = None,
     where: str | None = None,
     ef_search: int | None = None,
+    group: bool = True,
 ) -> pa.Table:
     """``search`` for many queries at once: one Table with ``query`` (the position in ``queries``)
     first; texts are embedded in one batch."""
-    return searcher().search_batch(dataset, queries, k=k, columns=columns, where=where, ef_search=ef_search)
+    return searcher().search_batch(dataset, queries, k=k, columns=columns, where=where, ef_search=ef_search, group=group)

@@ -21,6 +21,10 @@ from quiver.resources.index.manifest import manifest_path
 from quiver.resources.index.row_filter import FilterError
 from quiver.resources.spec import UnknownDatasetError
 
+# Which chunk of a row matched, as result columns: its number and [start, end) character offsets
+# into the row's embedded text (the embedded columns joined by the spec's separator).
+CHUNK_RESULT_COLUMNS = {"chunk": "_chunk", "chunk_start": "_chunk_start", "chunk_end": "_chunk_end"}
+
 
 class SearchError(ValueError):
     """A query that cannot be answered as asked; the message says what to change."""
@@ -101,13 +105,13 @@ class Searcher:
             raise SearchError(f"ef_search must be a positive integer (or left out for the spec's), got {ef_search!r}")
         if columns is None:
             return None
-        unknown = [c for c in columns if c not in reader.served_columns]
+        unknown = [c for c in columns if c not in reader.served_columns and c not in CHUNK_RESULT_COLUMNS]
         if unknown:
             raise SearchError(
                 f"dataset {dataset!r}: columns {unknown} are not served; served columns: "
-                f"{', '.join(reader.served_columns)}"
+                f"{', '.join(reader.served_columns)} (and {', '.join(CHUNK_RESULT_COLUMNS)}: which chunk matched)"
             )
-        return list(columns)
+        return [CHUNK_RESULT_COLUMNS.get(c, c) for c in columns]
 
     def search(
         self,
@@ -117,11 +121,15 @@ class Searcher:
         columns: Sequence[str] | None = None,
         where: str | None = None,
         ef_search: int | None = None,
+        group: bool = True,
     ) -> pa.Table:
         """Best first: the primary key, ``score`` (higher is better), ``distance``, served columns.
 
         ``where``: a SQL predicate over the served columns (``section = 'python' AND name LIKE
-        'py%'``); the result is then the top ``min(k, matching rows)``.
+        'py%'``); the result is then the top ``min(k, matching rows)``. A row whose text was split
+        into chunks is one result, scored by its best chunk; ``group=False`` returns the ``k`` best
+        chunks instead (a row may repeat). ``columns`` may add ``chunk``, ``chunk_start`` and
+        ``chunk_end``: which chunk matched, and where it is in the row's embedded text.
         """
         reader = self.reader(dataset)
         columns = self._check(reader, dataset, k, columns, ef_search)
@@ -130,9 +138,10 @@ class Searcher:
         one = [query] if isinstance(query, str) else np.asarray(query, dtype=np.float32).reshape(1, -1)
         vectors = self.query_vectors(dataset, one, reader)
         try:
-            return reader.search_rows(vectors[0], int(k), columns, ef_search, where=where)
+            table = reader.search_rows(vectors[0], int(k), columns, ef_search, where=where, group=group)
         except FilterError as error:
             raise SearchError(f"dataset {dataset!r}: {error}") from error
+        return _public_chunk_names(table)
 
     def search_batch(
         self,
@@ -142,6 +151,7 @@ class Searcher:
         columns: Sequence[str] | None = None,
         where: str | None = None,
         ef_search: int | None = None,
+        group: bool = True,
     ) -> pa.Table:
         """Many queries at once (texts embedded in one batch): one Table, ``query`` (the position in
         ``queries``) first, then what ``search`` returns, best first within each query."""
@@ -151,11 +161,18 @@ class Searcher:
         tables = []
         for i, vector in enumerate(vectors):
             try:
-                table = reader.search_rows(vector, int(k), columns, ef_search, where=where)
+                table = _public_chunk_names(reader.search_rows(vector, int(k), columns, ef_search, where=where, group=group))
             except FilterError as error:
                 raise SearchError(f"dataset {dataset!r}: {error}") from error
             tables.append(table.add_column(0, "query", pa.array(np.full(table.num_rows, i, dtype=np.int32))))
         if not tables:
-            empty = reader.search_rows(np.zeros(reader.identity.dim, np.float32), 1, columns, ef_search).slice(0, 0)
+            empty = _public_chunk_names(reader.search_rows(np.zeros(reader.identity.dim, np.float32), 1, columns, ef_search).slice(0, 0))
             return empty.add_column(0, "query", pa.array([], pa.int32()))
         return pa.concat_tables(tables)
+
+
+def _public_chunk_names(table: pa.Table) -> pa.Table:
+    internal = {v: k for k, v in CHUNK_RESULT_COLUMNS.items()}
+    if not any(name in internal for name in table.column_names):
+        return table
+    return table.rename_columns([internal.get(name, name) for name in table.column_names])

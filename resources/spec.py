@@ -68,7 +68,21 @@ DTYPES = ("f32", "f16", "bf16", "i8")
 REFRESH_MODES = ("full", "append")
 QUANTIZATIONS = ("int8",)  # embeddings.quantize; off when unset
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
-RESERVED_COLUMNS = frozenset({"_key", "_seq", "_op", "_vector", "_content_hash", "_served_hash"})
+MODEL_WINDOWS = {DEFAULT_MODEL: 256}  # tokens the packaged model reads; others are checked when loaded
+MIN_CHUNK_TOKENS = 8
+
+
+def default_chunk_tokens(window: int) -> int:
+    """The chunk size when the spec names none: a quarter of the model's window (64 tokens for
+    all-MiniLM-L6-v2), overlap 0. Measured by ``make bench-chunking`` on Debian's long descriptions
+    (a sentence from a description's second half as the query): success@10 0.605 without chunking,
+    0.857 at 254 tokens, 0.920 at 128, 0.972 at 64, 0.994 at 32; overlap never helped. 64 keeps a
+    few sentences of context per chunk for paraphrased queries, at +13.7% vectors over the whole
+    source (32 would be one sentence a chunk, at +31%). README "Long text: chunks" has the table."""
+    return window // 4
+RESERVED_COLUMNS = frozenset(
+    {"_key", "_seq", "_op", "_vector", "_content_hash", "_served_hash", "_chunk", "_chunk_start", "_chunk_end"}
+)
 ENV_DATASETS, ENV_HOME = "QUIVER_DATASETS", "QUIVER_HOME"
 
 # Accepted spellings -> canonical value. Metric aliases: Spice's duckdb_distance_metric accepts
@@ -189,8 +203,33 @@ class _Model(BaseModel):
         return ", ".join(keys) + (f" (aliases: {', '.join(aliases)})" if aliases else "")
 
 
+class ChunkingSpec(_Model):
+    """How a row's text longer than the model's window is split (Spice's ``chunking`` keys).
+
+    Absent: chunk exactly the rows whose text is longer than the window, with the default size and
+    overlap (``resources/embedding/chunking.py``); a row that fits is one chunk, as without chunking.
+    ``enabled: false``: one vector per row of the text's first window, as before chunking existed
+    (the run reports how many rows were cut).
+    """
+
+    enabled: Annotated[bool, Field(strict=True)] = True
+    target_chunk_size: Annotated[int, Field(strict=True, ge=MIN_CHUNK_TOKENS)] | None = None  # tokens
+    overlap_size: Annotated[int, Field(strict=True, ge=0)] | None = None  # tokens
+    trim_whitespace: Annotated[bool, Field(strict=True)] = True
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkingSpec:
+        if self.overlap_size is not None and self.target_chunk_size is not None:
+            if self.overlap_size >= self.target_chunk_size:
+                raise ValueError(
+                    f"overlap_size ({self.overlap_size}) must be smaller than target_chunk_size "
+                    f"({self.target_chunk_size})"
+                )
+        return self
+
+
 class EmbeddingsSpec(_Model):
-    """Which columns are embedded, with which model."""
+    """Which columns are embedded, with which model, chunked how."""
 
     _aliases: ClassVar[dict[str, str]] = {"use": "model"}  # Spice: embeddings[].use
 
@@ -198,6 +237,25 @@ class EmbeddingsSpec(_Model):
     model: Annotated[str, Field(strict=True, min_length=1)] = DEFAULT_MODEL
     separator: Annotated[str, Field(strict=True)] = "\n"
     quantize: str | None = None  # int8: dynamically quantized ONNX model, a different model identity
+    chunking: ChunkingSpec = ChunkingSpec()
+
+    @model_validator(mode="after")
+    def _chunks_fit_the_model(self) -> EmbeddingsSpec:
+        window = MODEL_WINDOWS.get(self.model.removeprefix("sentence-transformers/"))
+        size, overlap = self.chunking.target_chunk_size, self.chunking.overlap_size
+        if window is None:
+            return self  # a local model: its window is known once loaded (chunking.Chunker checks)
+        if size is not None and size > window - 2:
+            raise ValueError(
+                f"chunking.target_chunk_size {size} is larger than {self.model} reads: "
+                f"{MIN_CHUNK_TOKENS}..{window - 2} tokens ({window} less its two marker tokens)"
+            )
+        if size is None and overlap is not None and overlap >= default_chunk_tokens(window):
+            raise ValueError(
+                f"chunking.overlap_size {overlap} must be smaller than the default chunk size "
+                f"({default_chunk_tokens(window)} tokens); set target_chunk_size too"
+            )
+        return self
 
     @field_validator("quantize", mode="before")
     @classmethod
@@ -210,6 +268,17 @@ class EmbeddingsSpec(_Model):
     def identity(self) -> str:
         """The model identity the index records: ``model``, plus ``+int8`` when quantized."""
         return f"{self.model}+{self.quantize}" if self.quantize else self.model
+
+    @property
+    def content_identity(self) -> str:
+        """What a row's content hash covers besides its text: the model identity, and the chunking
+        when it is not the default, so changing it re-embeds every row. With the default (no block)
+        a row hashes as it did before chunking existed: upgrading re-embeds nothing (a long row
+        embedded before then keeps its one truncated vector until its text changes or a full rebuild)."""
+        c = self.chunking
+        if c == ChunkingSpec():
+            return self.identity
+        return f"{self.identity}|chunking={int(c.enabled)},{c.target_chunk_size},{c.overlap_size},{int(c.trim_whitespace)}"
 
     @model_validator(mode="before")
     @classmethod
@@ -457,7 +526,10 @@ def parse_spec(data: Any, base_dir: Path, path: Path | None = None) -> QuiverSpe
         raise SpecError("\n  ".join([head + ":", *problems]), problems) from None
 
 
-_NESTED = {"embeddings": EmbeddingsSpec, "vectors": VectorsSpec, "snapshots": SnapshotsSpec, "checks": ChecksSpec}
+_NESTED = {
+    "embeddings": EmbeddingsSpec, "chunking": ChunkingSpec, "vectors": VectorsSpec, "snapshots": SnapshotsSpec,
+    "checks": ChecksSpec,
+}
 
 
 def _problem(err: dict[str, Any], raw: list[Any]) -> str:

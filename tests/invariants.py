@@ -28,7 +28,7 @@ from usearch.index import Index
 
 from quiver.resources.files import TEMP_MARKER
 from quiver.resources.index import IndexIdentity, IndexReader, commitlog, snapshot
-from quiver.resources.index.commitlog import KEY, OP, OP_DELETE, OP_UPSERT, SEQ, VECTOR
+from quiver.resources.index.commitlog import CHUNK, CHUNK_COLUMNS, KEY, OP, OP_DELETE, OP_UPSERT, SEQ, VECTOR
 from quiver.resources.index.errors import CorruptFileError
 from quiver.resources.index.manifest import MANIFEST_NAME, read_manifest
 from quiver.resources.index.store import LOCK_NAME
@@ -45,7 +45,9 @@ def _fail(invariant: str, message: str) -> None:
 
 @dataclass(frozen=True)
 class Entry:
-    """One served row: its primary key, its served columns and its vector."""
+    """One served entry (a row, or one chunk of a row): its primary key, its served columns (with
+    the chunk columns ``_chunk``, ``_chunk_start``, ``_chunk_end`` where the log carries them) and
+    its vector."""
 
     pk: object
     columns: dict
@@ -120,7 +122,7 @@ def table_state(database: Path, dataset: str) -> State:
         table = f"{dataset}_embeddings"
         columns = [row[0] for row in conn.execute(f"DESCRIBE {q(table)}").fetchall()]
         pk = _primary_key(conn, dataset, columns)
-        served = [c for c in columns if c not in INTERNAL and c != pk]
+        served = [c for c in columns if (c not in INTERNAL or c in CHUNK_COLUMNS) and c != pk]  # as the log carries them
         select = ", ".join(q(c) for c in [KEY, VECTOR, pk, *served])
         rows = conn.execute(f"SELECT {select} FROM {q(table)}").fetchall()
     return State(
@@ -134,7 +136,7 @@ def table_state(database: Path, dataset: str) -> State:
 def _primary_key(conn, dataset: str, embedded_columns: list[str]) -> str:
     """The one column the keys table and the embedded table share besides ``_key``."""
     keys = [row[0] for row in conn.execute(f"DESCRIBE {q(dataset + '_keys')}").fetchall()]
-    shared = [c for c in keys if c != KEY and c in embedded_columns]
+    shared = [c for c in keys if c not in (KEY, CHUNK) and c in embedded_columns]
     assert len(shared) == 1, f"{dataset}: cannot tell the primary key from {keys}"
     return shared[0]
 
@@ -170,6 +172,7 @@ def check_one_truth(database: Path, dataset: str) -> int:
 def check_derived_and_exact(root: Path, database: Path, dataset: str) -> State:
     """The snapshot plus the segments after it reproduce the embedded table: keys, vectors, served
     columns. The log must have caught up with the table (its last seq is the table's)."""
+    root = Path(root)
     committed = check_one_truth(database, dataset)
     logged = max([read_manifest(root).snapshot_seq, *(ref.last for ref in commitlog.list_segments(root))])
     if logged != committed:
@@ -249,6 +252,7 @@ def check_reader_serves(reader: IndexReader, state: State) -> None:
 # -- I6 ----------------------------------------------------------------------------------------------
 def check_identity(root: Path, identity: IndexIdentity) -> None:
     """The manifest declares ``identity``, and each snapshot's usearch header agrees with it."""
+    root = Path(root)
     manifest = read_manifest(root)
     if manifest.identity != identity:
         _fail("I6", f"{root}: the manifest declares {manifest.identity}, expected {identity}")
@@ -284,6 +288,7 @@ def check_bounded_files(root: Path) -> set[str]:
 def check_at_rest(root: Path, database: Path | None = None, dataset: str | None = None) -> State:
     """Every invariant a directory at rest shows (after its writers finished): I3, I6 (against its
     own manifest), I7, and with the DuckDB file I1 and I2. Returns what the index serves."""
+    root, database = Path(root), Path(database) if database is not None else None
     check_all_or_nothing(root)
     check_identity(root, read_manifest(root).identity)
     check_bounded_files(root)

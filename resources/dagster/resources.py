@@ -94,8 +94,9 @@ class SearchResource(ConfigurableResource):
         columns: list[str] | None = None,
         where: str | None = None,
         ef_search: int | None = None,
+        group: bool = True,
     ) -> pa.Table:
-        return self.searcher().search(dataset, query, k=k, columns=columns, where=where, ef_search=ef_search)
+        return self.searcher().search(dataset, query, k=k, columns=columns, where=where, ef_search=ef_search, group=group)
 
     def search_batch(
         self,
@@ -105,5 +106,6 @@ class SearchResource(ConfigurableResource):
         columns: list[str] | None = None,
         where: str | None = None,
         ef_search: int | None = None,
+        group: bool = True,
     ) -> pa.Table:
-        return self.searcher().search_batch(dataset, queries, k=k, columns=columns, where=where, ef_search=ef_search)
+        return self.searcher().search_batch(dataset, queries, k=k, columns=columns, where=where, ef_search=ef_search, group=group)

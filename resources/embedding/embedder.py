@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quiver.resources.embedding.chunking import Chunker, ChunkSettings
 from quiver.resources.embedding.device import ENV_BACKEND, ENV_THREADS, choose_backend, resolve_threads
 from quiver.resources.embedding.model import model_identity, resolve_model_path, split_identity
 from quiver.resources.embedding.onnx_backend import OnnxEncoder, normalize
@@ -96,6 +97,7 @@ class Embedder:
         else:
             self._st = _load_sentence_transformer(self.model_dir, self.device, self.threads)
             self.dim, max_seq_length = int(self._st.get_embedding_dimension()), int(self._st.max_seq_length)
+        self.max_seq_length = int(max_seq_length)  # the model's window, in tokens
         self._tokenizer = load_tokenizer(self.model_dir, max_seq_length)
         self.load_seconds = time.perf_counter() - started
         log.info(
@@ -107,6 +109,10 @@ class Embedder:
             self.threads,
             self.load_seconds,
         )
+
+    def chunker(self, settings: ChunkSettings) -> Chunker:
+        """Splits texts for this model: its tokenizer counts, its window bounds the chunks."""
+        return Chunker(self.model_dir / "tokenizer.json", self.max_seq_length, settings)
 
     def embed(self, texts: Sequence[str], progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Embed in token-sorted batches; ``progress(done, total)`` is called after each batch."""

@@ -8,6 +8,9 @@ Segment file ``log/<first:020d>-<last:020d>.parquet`` holds the changes with seq
     _key      uint64   the usearch key of the row's primary key
     <pk>      any      the primary key, under its own column name
     _vector   fixed_size_list<float32>[dim]; null for a delete
+    _chunk, _chunk_start, _chunk_end   int32: which chunk of the row's embedded text the key holds,
+              and its [start, end) character offsets (chunk 0 of a row written before chunking
+              existed has no such columns, or a null end: the whole text); null for a delete
     <served>  any      the served columns; null for a delete
 
 Parquet key-value metadata: ``quiver.format_version``, ``quiver.first``, ``quiver.last``,
@@ -49,6 +52,8 @@ _FOOTER_TAIL = 8  # after the footer: its length (4 bytes, little endian) and b"
 OP_UPSERT = "upsert"
 OP_DELETE = "delete"
 SEQ, OP, KEY, VECTOR = "_seq", "_op", "_key", "_vector"
+CHUNK, CHUNK_START, CHUNK_END = "_chunk", "_chunk_start", "_chunk_end"
+CHUNK_COLUMNS = (CHUNK, CHUNK_START, CHUNK_END)  # not served columns: which part of the row a key is
 ROW_GROUP_ROWS = 65_536
 _NAME = re.compile(r"^(\d{20})-(\d{20})\.parquet$")
 

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from quiver.resources.index import commitlog, snapshot
-from quiver.resources.index.commitlog import KEY, OP, SEQ, VECTOR
+from quiver.resources.index.commitlog import CHUNK, CHUNK_COLUMNS, KEY, OP, SEQ, VECTOR
 from quiver.resources.index.errors import CorruptFileError, IndexNotBuiltError, SnapshotUnrecoverableError
 from quiver.resources.index.identity import IndexIdentity, exact_distances, new_usearch_index, scores_from_distances
 from quiver.resources.index.manifest import MANIFEST_NAME, Manifest, read_manifest
@@ -121,6 +122,14 @@ class _State:
     @property
     def problems(self) -> tuple[str, ...]:
         return tuple(p for p in (self.snapshot_problem, self.log_problem) if p)
+
+    @cached_property
+    def chunked(self) -> bool:
+        """Whether any row has more than one chunk: only then can hits repeat a primary key."""
+        for table in (self.snap.rows if self.snap else None, self.delta_rows):
+            if table is not None and CHUNK in table.column_names and (pc.max(table.column(CHUNK)).as_py() or 0) > 0:
+                return True
+        return False
 
     @property
     def live_vectors(self) -> int:
@@ -589,10 +598,19 @@ class IndexReader:
         columns: list[str] | None = None,
         ef_search: int | None = None,
         where: str | None = None,
+        group: bool = True,
     ) -> pa.Table:
-        """Best first: the primary key, ``score`` (higher is better), ``distance``, served columns."""
+        """Best first: the primary key, ``score`` (higher is better), ``distance``, served columns.
+
+        ``group``: one result per row, scored by its best chunk: exactly ``min(k, matching rows)``
+        distinct primary keys (the search widens until enough rows or the index is exhausted, so
+        several chunks of one row never crowd others out). ``group=False``: the ``k`` best chunks.
+        ``columns`` may name ``_chunk``, ``_chunk_start`` and ``_chunk_end``: which chunk matched.
+        """
         state = self.state  # one served state for the hits and their rows (a refresh may swap it meanwhile)
         hits = self._search(state, vector, k, ef_search, False, where)
+        if group and state.chunked:
+            hits = self._best_chunk_per_row(state, vector, k, ef_search, where, hits)
         rows = self._rows(state, hits.keys, columns)
         scores = scores_from_distances(self.identity.metric, hits.distances)
         arrays = rows.columns
@@ -600,6 +618,24 @@ class IndexReader:
         names = rows.column_names
         names[1:1] = ["score", "distance"]
         return pa.Table.from_arrays(arrays, names=names)
+
+    def _best_chunk_per_row(
+        self, state: _State, vector: np.ndarray, k: int, ef_search: int | None, where: str | None, hits: Hits
+    ) -> Hits:
+        """The first (best) hit of each primary key, ``k`` of them, searching wider (x4) while
+        chunks of the same rows fill the answer and the index has more to give."""
+        pk = state.manifest.primary_key
+        fetched = k
+        while True:
+            owners = self._rows(state, hits.keys, []).column(pk)
+            codes = pc.index_in(owners, value_set=pc.unique(owners)).to_numpy(zero_copy_only=False)
+            best = np.sort(np.unique(codes, return_index=True)[1])  # each row's first, best, hit
+            exhausted = len(hits.keys) < fetched  # the search gave all it had
+            if len(best) >= k or exhausted:
+                best = best[:k]
+                return Hits(hits.keys[best], hits.distances[best])
+            fetched *= 4
+            hits = self._search(state, vector, fetched, ef_search, False, where)
 
 
 def _require_served(state: _State, keys: np.ndarray) -> np.ndarray:
@@ -623,7 +659,9 @@ def _served_columns(state: _State) -> list[str]:
     for table in (state.snap.rows if state.snap else None, state.delta_rows):
         if table is not None:
             names += [
-                n for n in table.column_names if n not in names and n not in (KEY, state.manifest.primary_key)
+                n
+                for n in table.column_names
+                if n not in names and n not in (KEY, state.manifest.primary_key, *CHUNK_COLUMNS)
             ]
     return names
 

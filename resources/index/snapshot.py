@@ -139,6 +139,13 @@ def verify_snapshot(root: Path, entry: SnapshotEntry) -> None:
             )
 
 
+def distinct_rows(root: Path, entry: SnapshotEntry, primary_key: str) -> int:
+    """Source rows a published snapshot holds: a row split into chunks is several vectors, one row.
+    Reads only the primary key column of the rows file."""
+    keys = pq.read_table(root / entry.dir / ROWS_FILE, columns=[primary_key]).column(primary_key)
+    return int(pc.count_distinct(keys).as_py())
+
+
 def empty_snapshot(identity: IndexIdentity, params: HnswParams) -> SnapshotData:
     return SnapshotData(new_usearch_index(identity, params), rows=None)
 

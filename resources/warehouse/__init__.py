@@ -13,6 +13,7 @@ from quiver.resources.warehouse.changes import (
     commit_changes,
     describe_refresh,
     embedded_count,
+    embedded_rows,
     embedded_state,
     last_rebuild_seq,
     last_seq,
@@ -45,7 +46,7 @@ __all__ = [
     "CONTENT_HASH", "INTERNAL", "KEY", "OP", "REBUILD_FIX", "SEQ", "SERVED_HASH", "TEXT", "VECTOR",
     "ChangePlan", "CommitResult", "ConcurrentWriteError", "DimensionMismatchError", "LoadResult",
     "SourceNotFoundError", "TableLayout", "WarehouseError", "changes_after", "commit_changes",
-    "describe_refresh", "embedded_count", "embedded_state", "last_rebuild_seq", "last_seq", "layout_for",
+    "describe_refresh", "embedded_count", "embedded_rows", "embedded_state", "last_rebuild_seq", "last_seq", "layout_for",
     "load_source", "plan_changes", "q", "require_dimension", "resolve_source_files", "table_exists",
     "vector_dim", "writer_settings",
 ]

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from quiver.resources.faults import kill_point
+from quiver.resources.index.commitlog import CHUNK, CHUNK_COLUMNS, CHUNK_END, CHUNK_START
 from quiver.resources.warehouse.layout import (
     CONTENT_HASH,
     INTERNAL,
@@ -105,7 +106,9 @@ def plan_changes(
     rows_read = conn.execute(f"SELECT count(*) FROM {layout.rows}").fetchone()[0]
     served_cols = f", {served_list}" if served else ""
     if table_exists(conn, layout.embeddings):
-        emb = layout.embeddings
+        emb = layout.embeddings  # one row per chunk; the hashes are per row, the same on every chunk
+        if CHUNK in columns_of(conn, emb):  # (a table from before chunking has one per row already)
+            emb = f"(SELECT * FROM {emb} WHERE {CHUNK} = 0)"
         hashes_and_served = f"s.{CONTENT_HASH}, s.{SERVED_HASH}" + "".join(f", s.{q(c)}" for c in served)
         stale = "" if full_rebuild else f"WHERE e.{KEY} IS NULL OR s.{CONTENT_HASH} <> e.{CONTENT_HASH}"
         to_embed = _arrow(
@@ -190,10 +193,32 @@ class CommitResult:
     deleted: int
 
 
+def whole_texts(plan: ChangePlan, primary_key: str) -> pa.Table:
+    """One chunk per row to embed, its whole text: the chunks when nothing is split."""
+    lengths = pa.compute.utf8_length(plan.to_embed.column(TEXT)).cast(pa.int32())
+    return pa.table(
+        {
+            primary_key: plan.to_embed.column(primary_key),
+            CHUNK: pa.array(np.zeros(plan.to_embed.num_rows, np.int32)),
+            CHUNK_START: pa.array(np.zeros(plan.to_embed.num_rows, np.int32)),
+            CHUNK_END: lengths,
+        }
+    )
+
+
 def commit_changes(
-    conn: duckdb.DuckDBPyConnection, layout: TableLayout, plan: ChangePlan, vectors: np.ndarray
+    conn: duckdb.DuckDBPyConnection,
+    layout: TableLayout,
+    plan: ChangePlan,
+    vectors: np.ndarray,
+    chunks: pa.Table | None = None,
 ) -> CommitResult | None:
     """Apply a plan and its change records in one DuckDB transaction (I1). None if no change.
+
+    ``chunks``: the primary key, ``_chunk``, ``_chunk_start`` and ``_chunk_end`` of every chunk of
+    the rows to embed, one per row of ``vectors`` (default: each row whole, ``whole_texts``). A
+    row's chunks are replaced whole: chunks it no longer has get a delete record in this same
+    transaction, and a row that left takes all its chunks with it.
 
     A rebuild plan replaces ``<ds>_embeddings`` and ``<ds>_changes`` in that same transaction: the
     new tables hold only the rebuilt state (at the new dimension), an upsert per embedded row and a
@@ -204,6 +229,9 @@ def commit_changes(
         return None
     pk = layout.primary_key
     dim = vectors.shape[1] if len(vectors) else plan.vector_dim
+    chunks = whole_texts(plan, pk) if chunks is None else chunks.select([pk, *CHUNK_COLUMNS])
+    if chunks.num_rows != len(vectors):
+        raise ValueError(f"dataset {layout.dataset!r}: {chunks.num_rows} chunks but {len(vectors)} vectors")
     incoming = plan.to_embed.drop_columns([TEXT])
     conn.execute("BEGIN")
     try:
@@ -211,6 +239,17 @@ def commit_changes(
             raise ConcurrentWriteError(
                 f"dataset {layout.dataset!r}: another writer committed changes since this refresh planned; run it again"
             )
+        p = q(pk)
+        conn.register("_incoming", incoming)
+        conn.register("_served_only", plan.served_only)
+        conn.register("_deleted", plan.deleted)
+        _add_chunk_columns(conn, layout)
+        touched = f"SELECT {p} FROM _deleted UNION ALL SELECT {p} FROM _incoming"
+        conn.execute(  # the chunks the rows this commit replaces or deletes had before it (a rebuild drops them)
+            f"CREATE OR REPLACE TEMP TABLE _before AS SELECT {p}, {CHUNK} FROM {layout.embeddings} WHERE {p} IN ({touched})"
+            if table_exists(conn, layout.embeddings)
+            else f"CREATE OR REPLACE TEMP TABLE _before AS SELECT {p}, 0::INTEGER AS {CHUNK} FROM _deleted LIMIT 0"
+        )
         if plan.rebuild:
             conn.execute(f"DROP TABLE IF EXISTS {layout.embeddings}")
             conn.execute(f"DROP TABLE IF EXISTS {layout.changes}")
@@ -218,38 +257,44 @@ def commit_changes(
         if len(vectors) and vectors.shape[1] != dim:
             raise DimensionMismatchError(_dimension_message(layout, plan.model, vectors.shape[1], dim, REBUILD_FIX))
         flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
-        incoming = incoming.append_column(VECTOR, pa.FixedSizeListArray.from_arrays(flat, dim))
-        conn.register("_incoming", incoming)
-        conn.register("_served_only", plan.served_only)
-        conn.register("_deleted", plan.deleted)
-        served_sel = "".join(f", {q(c)}" for c in plan.served)
-        conn.execute(
+        conn.register("_chunks", chunks.append_column(VECTOR, pa.FixedSizeListArray.from_arrays(flat, dim)))
+        chunk_sel = "".join(f", {c}" for c in CHUNK_COLUMNS)
+        served_sel = "".join(f", s.{q(c)}" for c in plan.served)
+        conn.execute(  # every chunk the rows touched have now: embedded ones, and kept ones with new served columns
             f"""CREATE OR REPLACE TEMP TABLE _upserts AS
-                SELECT {q(pk)}, {CONTENT_HASH}, {SERVED_HASH}, {VECTOR}{served_sel} FROM _incoming
+                SELECT s.{p}, s.{CONTENT_HASH}, s.{SERVED_HASH}{chunk_sel}, c.{VECTOR}{served_sel}
+                FROM _incoming s JOIN _chunks c USING ({p})
                 UNION ALL BY NAME
-                SELECT s.{q(pk)}, s.{CONTENT_HASH}, s.{SERVED_HASH}, e.{VECTOR}{''.join(f', s.{q(c)}' for c in plan.served)}
-                FROM _served_only s JOIN {layout.embeddings} e USING ({q(pk)})"""
+                SELECT s.{p}, s.{CONTENT_HASH}, s.{SERVED_HASH}{''.join(f', e.{c}' for c in CHUNK_COLUMNS)}, e.{VECTOR}{served_sel}
+                FROM _served_only s JOIN {layout.embeddings} e USING ({p})"""
+        )
+        conn.execute(  # chunks the rows had and no longer have, and every chunk of a row that left
+            f"CREATE OR REPLACE TEMP TABLE _gone AS SELECT {p}, {CHUNK} FROM _before "
+            f"EXCEPT SELECT {p}, {CHUNK} FROM _upserts"
         )
         next_key = conn.execute(f"SELECT coalesce(max({KEY}), 0) FROM {layout.keys}").fetchone()[0]
         conn.execute(
-            f"INSERT INTO {layout.keys} SELECT {q(pk)}, ?::UBIGINT + row_number() OVER (ORDER BY {q(pk)}) "
-            f"FROM _upserts WHERE {q(pk)} NOT IN (SELECT {q(pk)} FROM {layout.keys})",
+            f"INSERT INTO {layout.keys} ({p}, {CHUNK}, {KEY}) "
+            f"SELECT {p}, {CHUNK}, ?::UBIGINT + row_number() OVER (ORDER BY {p}, {CHUNK}) FROM _upserts u "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {layout.keys} k WHERE k.{p} = u.{p} AND k.{CHUNK} = u.{CHUNK})",
             [next_key],
         )
         conn.execute(
             f"""CREATE OR REPLACE TEMP TABLE _change AS
-                SELECT ?::BIGINT + row_number() OVER (ORDER BY _op DESC, {q(pk)}) AS {SEQ}, c.*, k.{KEY}
-                FROM (SELECT {q(pk)}, 'upsert' AS _op FROM _upserts UNION ALL SELECT {q(pk)}, 'delete' FROM _deleted) c
-                JOIN {layout.keys} k USING ({q(pk)})""",
+                SELECT ?::BIGINT + row_number() OVER (ORDER BY _op DESC, {p}, {CHUNK}) AS {SEQ}, c.*, k.{KEY}
+                FROM (SELECT {p}, {CHUNK}, 'upsert' AS _op FROM _upserts
+                      UNION ALL SELECT {p}, {CHUNK}, 'delete' FROM _gone) c
+                JOIN {layout.keys} k USING ({p}, {CHUNK})""",
             [plan.base_seq],
         )
         conn.execute(
-            f"INSERT INTO {layout.changes} ({SEQ}, {OP}, {KEY}, {q(pk)}, _at) "
-            f"SELECT {SEQ}, _op, {KEY}, {q(pk)}, now() FROM _change"
+            f"INSERT INTO {layout.changes} ({SEQ}, {OP}, {KEY}, {p}, _at) "
+            f"SELECT {SEQ}, _op, {KEY}, {p}, now() FROM _change"
         )
-        conn.execute(f"DELETE FROM {layout.embeddings} WHERE {q(pk)} IN (SELECT {q(pk)} FROM _change)")
+        conn.execute(f"DELETE FROM {layout.embeddings} WHERE {p} IN (SELECT {p} FROM _change)")
         conn.execute(
-            f"INSERT INTO {layout.embeddings} BY NAME SELECT u.*, c.{KEY}, c.{SEQ} FROM _upserts u JOIN _change c USING ({q(pk)})"
+            f"INSERT INTO {layout.embeddings} BY NAME SELECT u.*, c.{KEY}, c.{SEQ} "
+            f"FROM _upserts u JOIN _change c USING ({p}, {CHUNK})"
         )
         first, last, upserted, deleted = conn.execute(
             f"SELECT min({SEQ}), max({SEQ}), count(*) FILTER (_op = 'upsert'), count(*) FILTER (_op = 'delete') FROM _change"
@@ -259,9 +304,11 @@ def commit_changes(
                 f"CREATE TABLE IF NOT EXISTS {layout.rebuilds} ({SEQ} BIGINT, _at TIMESTAMPTZ, dim INTEGER, model VARCHAR, rows BIGINT)"
             )
             conn.execute(f"INSERT INTO {layout.rebuilds} VALUES (?, now(), ?, ?, ?)", [first, dim, plan.model, upserted])
-        for name in ("_incoming", "_served_only", "_deleted"):
+        for name in ("_incoming", "_chunks", "_served_only", "_deleted"):
             conn.unregister(name)
         conn.execute("DROP TABLE _upserts")
+        conn.execute("DROP TABLE _gone")
+        conn.execute("DROP TABLE _before")
         conn.execute("DROP TABLE _change")
         kill_point("refresh.in_transaction")
         conn.execute("COMMIT")
@@ -280,9 +327,14 @@ def _ensure_tables(conn: duckdb.DuckDBPyConnection, layout: TableLayout, served:
         if dim is None:
             raise WarehouseError(f"dataset {layout.dataset!r}: no vectors yet to size {layout.embeddings}")
         served_sel = "".join(f", {q(c)}" for c in served)
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {layout.keys} AS SELECT {pk}, 0::UBIGINT AS {KEY} FROM {layout.rows} LIMIT 0")
         conn.execute(
-            f"CREATE TABLE {layout.embeddings} AS SELECT {pk}, 0::UBIGINT AS {KEY}, 0::BIGINT AS {SEQ}, "
+            f"CREATE TABLE IF NOT EXISTS {layout.keys} AS SELECT {pk}, 0::UBIGINT AS {KEY}, 0::INTEGER AS {CHUNK} "
+            f"FROM {layout.rows} LIMIT 0"
+        )
+        _add_chunk_columns(conn, layout)  # a keys table kept from before chunking (it outlives rebuilds)
+        conn.execute(
+            f"CREATE TABLE {layout.embeddings} AS SELECT {pk}, 0::INTEGER AS {CHUNK}, 0::INTEGER AS {CHUNK_START}, "
+            f"0::INTEGER AS {CHUNK_END}, 0::UBIGINT AS {KEY}, 0::BIGINT AS {SEQ}, "
             f"''::VARCHAR AS {CONTENT_HASH}, ''::VARCHAR AS {SERVED_HASH}, NULL::FLOAT[{int(dim)}] AS {VECTOR}"
             f"{served_sel} FROM {layout.rows} LIMIT 0"
         )
@@ -291,12 +343,24 @@ def _ensure_tables(conn: duckdb.DuckDBPyConnection, layout: TableLayout, served:
             f"{pk}, now()::TIMESTAMPTZ AS _at FROM {layout.rows} LIMIT 0"
         )
         return int(dim)
+    _add_chunk_columns(conn, layout)
     existing = columns_of(conn, layout.embeddings)
     rows_types = columns_of(conn, layout.rows)
     for name in served:  # a served column added to the spec later
         if name not in existing:
             conn.execute(f"ALTER TABLE {layout.embeddings} ADD COLUMN {q(name)} {rows_types[name]}")
     return vector_dim(conn, layout)
+
+
+def _add_chunk_columns(conn: duckdb.DuckDBPyConnection, layout: TableLayout) -> None:
+    """Tables written before chunking: every row is its chunk 0, the whole text (its end unknown
+    here: NULL), and keeps its key."""
+    if table_exists(conn, layout.keys) and CHUNK not in columns_of(conn, layout.keys):
+        conn.execute(f"ALTER TABLE {layout.keys} ADD COLUMN {CHUNK} INTEGER DEFAULT 0")
+    if table_exists(conn, layout.embeddings) and CHUNK not in columns_of(conn, layout.embeddings):
+        conn.execute(f"ALTER TABLE {layout.embeddings} ADD COLUMN {CHUNK} INTEGER DEFAULT 0")
+        conn.execute(f"ALTER TABLE {layout.embeddings} ADD COLUMN {CHUNK_START} INTEGER DEFAULT 0")
+        conn.execute(f"ALTER TABLE {layout.embeddings} ADD COLUMN {CHUNK_END} INTEGER")
 
 
 # -- reading for the log and for checks -----------------------------------------------------------
@@ -311,6 +375,9 @@ def changes_after(conn: duckdb.DuckDBPyConnection, layout: TableLayout, after: i
     # delete never matches a row: the join needs no condition on the op. (One made it a non-equi
     # join, 15x slower: 6.3 s against 0.4 s for 50,000 changes.) ``after`` is inlined, not bound:
     # duckdb 1.5 plans this query with a bound parameter 17x slower (8.4 s against 0.5 s).
+    # a table from before chunking has none of the chunk columns yet: each row is its chunk 0, whole
+    chunked = CHUNK in columns_of(conn, layout.embeddings)
+    chunk_sel = "".join(f", e.{c}" if chunked else f", {'0' if c != CHUNK_END else 'NULL'}::INTEGER AS {c}" for c in CHUNK_COLUMNS)
     conn.execute("BEGIN")  # one snapshot of both tables
     try:
         last = conn.execute(f"SELECT coalesce(max({SEQ}), 0) FROM {layout.changes}").fetchone()[0]
@@ -318,7 +385,7 @@ def changes_after(conn: duckdb.DuckDBPyConnection, layout: TableLayout, after: i
             f"""WITH latest AS (
                     SELECT {SEQ}, {OP}, {KEY}, {pk} FROM {layout.changes} WHERE {SEQ} > {int(after)}
                     QUALIFY row_number() OVER (PARTITION BY {KEY} ORDER BY {SEQ} DESC) = 1)
-                SELECT l.{SEQ}, l.{OP}, l.{KEY}, l.{pk}, e.{VECTOR}{''.join(f', e.{q(c)}' for c in served)}
+                SELECT l.{SEQ}, l.{OP}, l.{KEY}, l.{pk}, e.{VECTOR}{chunk_sel}{''.join(f', e.{q(c)}' for c in served)}
                 FROM latest l LEFT JOIN {layout.embeddings} e ON e.{KEY} = l.{KEY} AND e.{SEQ} = l.{SEQ}
                 ORDER BY l.{SEQ}""",
         )
@@ -342,8 +409,15 @@ def embedded_state(conn: duckdb.DuckDBPyConnection, layout: TableLayout) -> pa.T
     return _arrow(conn, f"SELECT * EXCLUDE ({SEQ}, {CONTENT_HASH}, {SERVED_HASH}) FROM {layout.embeddings} ORDER BY {KEY}")
 
 
+def embedded_rows(conn: duckdb.DuckDBPyConnection, layout: TableLayout) -> int:
+    """Source rows that have an embedding (each with one chunk or more)."""
+    if not table_exists(conn, layout.embeddings):
+        return 0
+    return conn.execute(f"SELECT count(DISTINCT {q(layout.primary_key)}) FROM {layout.embeddings}").fetchone()[0]
+
+
 def embedded_count(conn: duckdb.DuckDBPyConnection, layout: TableLayout) -> int:
-    """Rows in ``<ds>_embeddings`` (what the index holds once it caught up)."""
+    """Entries (chunks) in ``<ds>_embeddings``: what the index holds once it caught up."""
     if not table_exists(conn, layout.embeddings):
         return 0
     return conn.execute(f"SELECT count(*) FROM {layout.embeddings}").fetchone()[0]

@@ -4,11 +4,16 @@ Tables per dataset ``<ds>`` (identifiers come validated from the spec and are qu
 are bound as parameters):
 
     <ds>_rows        the source as last read: primary key + served columns + embedded columns
-    <ds>_keys        primary key -> ``_key`` UBIGINT, given on first sight and never reused, so an
-                     updated (or deleted and re-added) row keeps its usearch key
-    <ds>_embeddings  primary key, ``_key``, ``_seq`` (the seq of the row's latest change),
-                     ``_content_hash`` (md5 of model identity + NUL + the embedded text),
-                     ``_served_hash`` (md5 of the served columns), ``_vector`` FLOAT[dim], served columns
+    <ds>_keys        (primary key, ``_chunk``) -> ``_key`` UBIGINT, given on first sight and never
+                     reused, so an updated (or deleted and re-added) row keeps its usearch keys;
+                     chunk 0 is the row's first (often only) chunk
+    <ds>_embeddings  one row per chunk: primary key, ``_chunk`` (0, 1, ...), ``_chunk_start`` and
+                     ``_chunk_end`` (the chunk's [start, end) character offsets into the embedded
+                     text), ``_key``, ``_seq`` (the seq of the chunk's latest change),
+                     ``_content_hash`` (md5 of model identity + NUL + the embedded text; the same on
+                     every chunk of a row), ``_served_hash`` (md5 of the served columns),
+                     ``_vector`` FLOAT[dim], served columns. Tables from before chunking get the
+                     three chunk columns on the next commit (chunk 0, the whole text).
     <ds>_changes     one record per change (I1): ``_seq`` BIGINT (monotonic), ``_op`` upsert|delete,
                      ``_key``, primary key, ``_at`` — written in the same transaction as the change
     <ds>_rebuilds    one record per full rebuild: ``_seq`` (the first seq of the rebuilt state), ``_at``,
@@ -29,11 +34,12 @@ from dataclasses import dataclass
 
 import duckdb
 
+from quiver.resources.index.commitlog import CHUNK_COLUMNS  # the log's format names the chunk columns
 from quiver.resources.spec import DatasetSpec
 
 KEY, SEQ, OP, VECTOR = "_key", "_seq", "_op", "_vector"
 CONTENT_HASH, SERVED_HASH, TEXT = "_content_hash", "_served_hash", "_text"
-INTERNAL = (KEY, SEQ, OP, VECTOR, CONTENT_HASH, SERVED_HASH)
+INTERNAL = (KEY, SEQ, OP, VECTOR, CONTENT_HASH, SERVED_HASH, *CHUNK_COLUMNS)
 
 
 class WarehouseError(ValueError):

@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from quiver.resources import warehouse
+from quiver.resources.embedding import resolve_model_path
+from quiver.resources.embedding.chunking import Chunker, ChunkSettings, chunk_rows
 from quiver.resources.index import HnswParams, IndexIdentity, IndexStore
 from quiver.resources.log_sync import sync_log
 from tests.crash.hash_embedder import DIM, MODEL, embed
@@ -74,14 +76,19 @@ class Source:
         live = sorted(self.rows)
         picked = [live[i] for i in self.rng.permutation(len(live))[: edits + renames + deletes]]
         for pk in picked[:edits]:
-            self.rows[pk] = (self.rows[pk][0], f"text of {pk}, edited in round {self.round}")
+            self.rows[pk] = (self.rows[pk][0], self.text(pk, f"edited in round {self.round}"))
         for pk in picked[edits : edits + renames]:
             self.rows[pk] = (f"name {pk} r{self.round}", self.rows[pk][1])
         for pk in picked[edits + renames :]:
             del self.rows[pk]
         for _ in range(inserts):
-            self.rows[self.next_pk] = (f"name {self.next_pk}", f"text of {self.next_pk}, born in round {self.round}")
+            self.rows[self.next_pk] = (f"name {self.next_pk}", self.text(self.next_pk, f"born in round {self.round}"))
             self.next_pk += 1
+
+    def text(self, pk: int, event: str) -> str:
+        """Short, or long enough for several chunks: an edit can grow or shrink a row's chunks."""
+        words = int(self.rng.choice([0, 0, 20, 60]))
+        return f"text of {pk}, {event}." + "".join(f" Word {pk}-{i} of the row." for i in range(words))
 
     def step(self) -> None:
         """One round of mixed changes (sizes drawn from the seed)."""
@@ -108,14 +115,20 @@ class Source:
 
 
 # -- the writers ---------------------------------------------------------------------------------
+def chunker() -> Chunker:
+    """The real tokenizer with a small window (40 tokens), so that long rows span several chunks."""
+    return Chunker(resolve_model_path("all-MiniLM-L6-v2") / "tokenizer.json", 40, ChunkSettings(size=16, overlap=4))
+
+
 def refresh(work: Path) -> None:
     """rows -> embeddings -> index, as the three assets do it (the connection closed while embedding)."""
     with writer_connection(work) as conn:
         warehouse.load_source(conn, LAYOUT, [str(source_path(work))])
         plan = warehouse.plan_changes(conn, LAYOUT, MODEL)
-    vectors = embed(plan.to_embed.column(warehouse.TEXT).to_pylist())
+    chunks = chunk_rows(PK, plan.to_embed.column(PK), plan.to_embed.column(warehouse.TEXT).to_pylist(), chunker())
+    vectors = embed(chunks.texts)
     with writer_connection(work) as conn:
-        warehouse.commit_changes(conn, LAYOUT, plan, vectors)
+        warehouse.commit_changes(conn, LAYOUT, plan, vectors, chunks.table)
 
     def read_changes(after: int):
         with writer_connection(work) as conn:
@@ -189,7 +202,13 @@ def assert_index_equals_source(work: Path, source: Source) -> State:
     committed = duckdb_state(work)
     assert {e.pk: e.columns["name"] for e in committed.values()} == {pk: row[0] for pk, row in source.rows.items()}
     texts = {pk: row[1] for pk, row in source.rows.items()}
+    for entry in committed.values():  # each chunk's vector is its own slice of the row's text
+        chunk = texts[entry.pk][entry.columns["_chunk_start"] : entry.columns["_chunk_end"]]
+        np.testing.assert_array_equal(entry.vector, embed([chunk])[0])
+    chunks = {pk: [c.number for c in cs] for pk, cs in zip(texts, chunker().split_many(texts.values()))}
+    held: dict[int, list[int]] = {}
     for entry in committed.values():
-        np.testing.assert_array_equal(entry.vector, embed([texts[entry.pk]])[0])
+        held.setdefault(entry.pk, []).append(entry.columns["_chunk"])
+    assert {pk: sorted(numbers) for pk, numbers in held.items()} == chunks, "every chunk of each row, no stale one"
     check_derived_and_exact(index_root(work), database_path(work), DATASET)
     return committed

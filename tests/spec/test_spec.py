@@ -425,7 +425,10 @@ def test_unknown_dataset_lists_known():
 def test_constants():
     assert METRICS == ("cosine", "l2", "inner_product")
     assert DTYPES == ("f32", "f16", "bf16", "i8")
-    assert {"_key", "_seq", "_op", "_vector", "_content_hash", "_served_hash"} == RESERVED_COLUMNS
+    # the spec refuses exactly the column names the warehouse and the commit log use for themselves
+    from quiver.resources.warehouse import INTERNAL
+
+    assert set(INTERNAL) == RESERVED_COLUMNS and "_chunk" in RESERVED_COLUMNS
 
 
 def test_no_dagster_import():
