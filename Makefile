@@ -96,7 +96,7 @@ bench-embedding: install
 # Which chunk size and overlap to default to: Debian's long descriptions (over 300 tokens) among
 # distractors, a sentence from each one's second half as its query, success@1/@10 and MRR@10 per
 # size/overlap against no chunking, and a short-text check (BENCH_CHUNK_DOCS, BENCH_CHUNK_DISTRACTORS,
-# BENCH_CHUNK_CONFIGS; 7 to 11 minutes on two shared cores).
+# BENCH_CHUNK_CONFIGS; about 10 to 14 minutes on two shared cores).
 bench-chunking: install
 	$(BIN)/python tests/benchmarks/bench_chunking.py
 

@@ -4,14 +4,14 @@ import json
 import time
 
 import dagster as dg
-import numpy as np
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from quiver.resources import health, warehouse
 from quiver.resources.dagster.naming import key, tags
 from quiver.resources.dagster.resources import WRITER_POOL, EmbedderResource, open_connection
-from quiver.resources.embedding.chunking import ChunkSettings, RowChunks, chunk_rows
+from quiver.resources.embed_refresh import RefreshResult, refresh_embeddings
+from quiver.resources.embedding.chunking import ChunkSettings
 from quiver.resources.embedding.progress import ProgressLog
 from quiver.resources.spec import DatasetSpec
 from quiver.resources.warehouse import layout_for
@@ -39,20 +39,6 @@ def rebuild_fix(spec: DatasetSpec) -> str:
     )
 
 
-class _Stages:
-    """Seconds per stage of one materialization."""
-
-    def __init__(self):
-        self.started = self.last = time.perf_counter()
-        self.seconds: dict[str, float] = {}
-
-    def lap(self, stage: str | None) -> None:
-        now = time.perf_counter()
-        if stage is not None:
-            self.seconds[stage] = now - self.last
-        self.last = now
-
-
 def embeddings_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     table = layout_for(spec)
     model_name = spec.embeddings.identity  # "+int8" when quantized: another model, other vectors
@@ -72,72 +58,54 @@ def embeddings_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     def embeddings(
         context: dg.AssetExecutionContext, config: EmbeddingsConfig, duckdb: DuckDBResource, embedder: EmbedderResource
     ) -> dg.MaterializeResult:
-        clock = _Stages()
-        with open_connection(duckdb) as conn:
-            plan = warehouse.plan_changes(conn, table, content, full_rebuild=config.full_rebuild)
-        clock.lap("plan")
+        started = time.perf_counter()
+        log_line = ProgressLog(lambda line: context.log.info("%s: %s", spec.name, line))
+
+        def load_model():
+            model = embedder.get(model_name)
+            context.log.info("%s: embedding with %s (%s, %d threads)", spec.name, model.model, model.backend, model.threads)
+            return model
+
+        result = refresh_embeddings(
+            lambda: open_connection(duckdb),
+            table,
+            content,
+            load_model,
+            ChunkSettings.from_spec(spec.embeddings.chunking),
+            full_rebuild=config.full_rebuild,
+            progress=log_line,
+            rebuild_fix=rebuild_fix(spec),
+        )
+        plan = result.plan
         if plan.skipped_empty:
             context.log.warning(
                 "%s: skipped %d rows whose embedded text is empty or null (e.g. %s=%s); they are not indexed",
                 spec.name, plan.skipped_empty, spec.primary_key, plan.skipped_examples,
             )
-        chunks, vectors = _embed(context, spec, embedder, plan, clock)  # the connection is closed meanwhile
+        if result.rows_cut:
+            context.log.warning(
+                "%s: %d rows are longer than %s reads and chunking is off: only their beginning is searchable; "
+                "remove `chunking: {enabled: false}` to embed them whole, in chunks",
+                spec.name, result.rows_cut, model_name,
+            )
         with open_connection(duckdb) as conn:
-            committed = warehouse.commit_changes(conn, table, plan, vectors, chunks.table if chunks else None)
-            row_count = warehouse.embedded_rows(conn, table)
-            chunk_count = warehouse.embedded_count(conn, table)
+            counts = (warehouse.embedded_rows(conn, table), warehouse.embedded_count(conn, table))
             dim = warehouse.vector_dim(conn, table) or 0
-        clock.lap("commit")
-        summary = warehouse.describe_refresh(plan, committed)
+        summary = warehouse.describe_refresh(plan, result.committed)
         context.log.info("%s: %s", spec.name, summary)
-        metadata = _metadata(plan, committed, row_count, clock, summary) | _chunk_metadata(chunks, chunk_count)
-        metadata |= _observed(spec, plan, chunk_count, dim, duckdb)
+        metadata = _metadata(result, counts, time.perf_counter() - started, summary)
+        metadata |= _observed(spec, plan, counts[1], dim, duckdb)
         return dg.MaterializeResult(metadata=metadata)
 
     return embeddings
 
 
-def _embed(
-    context: dg.AssetExecutionContext, spec: DatasetSpec, embedder: EmbedderResource, plan: warehouse.ChangePlan, clock: _Stages
-) -> tuple[RowChunks | None, np.ndarray]:
-    texts = plan.to_embed.column(warehouse.TEXT).to_pylist()
-    if not texts:
-        clock.lap("embed")
-        return None, np.empty((0, 0), dtype=np.float32)
-    model = embedder.get(spec.embeddings.identity)
-    warehouse.require_dimension(layout_for(spec), plan, model.dim, fix=rebuild_fix(spec))  # before hours of work
-    chunker = model.chunker(ChunkSettings.from_spec(spec.embeddings.chunking))
-    chunks = chunk_rows(spec.primary_key, plan.to_embed.column(spec.primary_key), texts, chunker)
-    if chunks.rows_cut:
-        context.log.warning(
-            "%s: %d rows are longer than %s reads (%d tokens) and chunking is off: only their beginning is "
-            "searchable; remove `chunking: {enabled: false}` to embed them whole in chunks",
-            spec.name, chunks.rows_cut, model.model, model.max_seq_length,
-        )
-    clock.lap(None)  # loading the model and splitting the text are not embedding
-    context.log.info(
-        "%s: embedding %d rows as %d chunks with %s (%s, %d threads)",
-        spec.name, len(texts), len(chunks.texts), model.model, model.backend, model.threads,
-    )
-    vectors = model.embed(chunks.texts, progress=ProgressLog(lambda line: context.log.info("%s: %s", spec.name, line)))
-    clock.lap("embed")
-    return chunks, vectors
-
-
-def _chunk_metadata(chunks: RowChunks | None, chunk_count: int) -> dict:
-    return {
-        "chunks": chunk_count,
-        "chunks_embedded": len(chunks.texts) if chunks else 0,
-        "rows_split_into_chunks": chunks.rows_split if chunks else 0,
-        "rows_cut_at_the_window": chunks.rows_cut if chunks else 0,
-    }
-
-
-def _metadata(plan: warehouse.ChangePlan, committed: warehouse.CommitResult | None, row_count: int, clock: _Stages, summary: str) -> dict:
+def _metadata(result: RefreshResult, counts: tuple[int, int], seconds: float, summary: str) -> dict:
+    plan, committed = result.plan, result.committed
     embedded = plan.to_embed.num_rows
-    embed_seconds = clock.seconds["embed"]
+    embed_seconds = result.seconds["embed"]
     return {
-        "dagster/row_count": row_count,
+        "dagster/row_count": counts[0],
         "summary": summary,
         "committed": committed is not None,
         "full_rebuild": plan.rebuild,
@@ -149,11 +117,16 @@ def _metadata(plan: warehouse.ChangePlan, committed: warehouse.CommitResult | No
         "rows_deleted": plan.deleted.num_rows,
         "rows_skipped_empty_text": plan.skipped_empty,
         "rows_embedded": embedded,
+        "chunks": counts[1],
+        "chunks_embedded": result.chunks,
+        "rows_split_into_chunks": result.rows_split,
+        "rows_cut_at_the_window": result.rows_cut,
+        "batches": result.batches,
         "embedding_rows_per_second": round(embedded / embed_seconds, 1) if embedded else 0.0,
-        "plan_seconds": round(clock.seconds["plan"], 3),
+        "plan_seconds": round(result.seconds["plan"], 3),
         "embedding_seconds": round(embed_seconds, 3),
-        "commit_seconds": round(clock.seconds["commit"], 3),
-        "seconds": round(time.perf_counter() - clock.started, 3),
+        "commit_seconds": round(result.seconds["commit"], 3),
+        "seconds": round(seconds, 3),
         "seq_first": committed.first_seq if committed else 0,
         "seq_last": committed.last_seq if committed else plan.base_seq,
     }

@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("dataset")
     s.add_argument("text")
     s.add_argument("--k", type=int, default=10)
-    s.add_argument("--columns", help="comma-separated served columns (default: all); chunk, chunk_start, chunk_end: which chunk matched")
+    s.add_argument("--columns", help="comma-separated served columns (default: all); chunk, chunk_number, chunk_start, chunk_end: the matching chunk")
     s.add_argument("--where", help="SQL predicate over served columns, e.g. \"section = 'python'\"")
     s.add_argument("--ef-search", type=_positive, help="HNSW ef_search for this query (default: the spec's)")
     s.add_argument("--chunks", action="store_true", help="the k best chunks (a long row may repeat), not k rows")

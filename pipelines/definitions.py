@@ -48,7 +48,12 @@ def build_resources(spec: QuiverSpec, home: Path) -> dict:
         "duckdb": DuckDBResource(database=str(Path(home) / DUCKDB_FILE)),
         "embedder": EmbedderResource(),
         "index_store": IndexResource(home=str(home)),
-        "search": SearchResource(home=str(home), datasets=list(spec.names)),
+        "search": SearchResource(
+            home=str(home),
+            datasets=list(spec.names),
+            embedded_columns={d.name: list(d.embeddings.columns) for d in spec.datasets},
+            separators={d.name: d.embeddings.separator for d in spec.datasets},
+        ),
     }
 
 

@@ -26,7 +26,7 @@ def searcher():
     key = (os.environ.get(ENV_DATASETS), os.environ.get(ENV_HOME))
     with _LOCK:
         if key not in _SEARCHERS:
-            _SEARCHERS[key] = Searcher(default_home(), load_spec(default_spec_path()).names)
+            _SEARCHERS[key] = Searcher.for_spec(default_home(), load_spec(default_spec_path()))
         return _SEARCHERS[key]
 
 
@@ -45,7 +45,8 @@ def search(
     better), ``distance``, and the served columns (all of them, or ``columns``). ``where``: a SQL
     predicate over the served columns; the result is the top ``min(k, matching rows)``. A row whose
     text was split into chunks is one result, scored by its best chunk (``group=False``: the ``k``
-    best chunks); ``columns`` may add ``chunk``, ``chunk_start``, ``chunk_end`` (which chunk matched).
+    best chunks); ``columns`` may add ``chunk`` (the matching chunk's text), ``chunk_number``,
+    ``chunk_start``, ``chunk_end``.
     """
     return searcher().search(dataset, text_or_vector, k=k, columns=columns, where=where, ef_search=ef_search, group=group)
 

@@ -86,7 +86,7 @@ def register(conn: duckdb.DuckDBPyConnection, home=None, spec_path=None, searche
 def _searcher(home, spec_path):
     if home is None and spec_path is None:
         return default_searcher()
-    return Searcher(Path(home) if home is not None else default_home(), load_spec(spec_path).names)
+    return Searcher.for_spec(Path(home) if home is not None else default_home(), load_spec(spec_path))
 
 
 def _batch_search(searcher):

@@ -6,6 +6,7 @@ kills at the n-th time the point is reached (1-based), for points inside loops. 
 costs one dictionary lookup. The points, in write order:
 
     refresh.in_transaction      inside the DuckDB transaction, after its writes, before COMMIT
+    refresh.between_batches     a batch of rows is committed, the next not yet embedded
     refresh.after_commit        after DuckDB's COMMIT, before any segment exists
     segment.mid_write           the segment's temp file holds a row group but no footer
     segment.before_rename       the segment's temp file is complete and fsynced, not renamed
@@ -28,6 +29,7 @@ import signal
 ENV = "QUIVER_KILL_AT"
 REFRESH_POINTS = (
     "refresh.in_transaction",
+    "refresh.between_batches",
     "refresh.after_commit",
     "segment.mid_write",
     "segment.before_rename",

@@ -8,6 +8,7 @@ recorded in the index's manifest, loaded once per process. It never opens the Du
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -19,11 +20,26 @@ from quiver.resources.index import IndexReader
 from quiver.resources.index.errors import IndexNotBuiltError
 from quiver.resources.index.manifest import manifest_path
 from quiver.resources.index.row_filter import FilterError
-from quiver.resources.spec import UnknownDatasetError
+from quiver.resources.spec import QuiverSpec, UnknownDatasetError
 
 # Which chunk of a row matched, as result columns: its number and [start, end) character offsets
-# into the row's embedded text (the embedded columns joined by the spec's separator).
-CHUNK_RESULT_COLUMNS = {"chunk": "_chunk", "chunk_start": "_chunk_start", "chunk_end": "_chunk_end"}
+# into the row's embedded text (the embedded columns joined by the spec's separator), and ``chunk``,
+# that text itself (when the embedded columns are served).
+CHUNK_RESULT_COLUMNS = {"chunk_number": "_chunk", "chunk_start": "_chunk_start", "chunk_end": "_chunk_end"}
+CHUNK_TEXT = "chunk"
+
+
+@dataclass(frozen=True)
+class EmbeddedText:
+    """How a dataset's embedded text is made from its columns (the spec's ``embeddings``)."""
+
+    columns: tuple[str, ...]
+    separator: str = "\n"
+
+    def of(self, row: dict) -> str:
+        # as the warehouse builds it: blank columns left out, the rest joined by the separator
+        parts = [row[c] for c in self.columns if row[c] is not None and row[c].strip(" ") != ""]
+        return self.separator.join(parts)
 
 
 class SearchError(ValueError):
@@ -31,12 +47,26 @@ class SearchError(ValueError):
 
 
 class Searcher:
-    def __init__(self, home: Path, datasets: Iterable[str] | None = None, device: str | None = None):
+    def __init__(
+        self,
+        home: Path,
+        datasets: Iterable[str] | None = None,
+        device: str | None = None,
+        texts: dict[str, EmbeddedText] | None = None,
+    ):
+        """``texts``: how each dataset's embedded text is made, for the ``chunk`` result column."""
         self.home = Path(home)
         self.datasets = tuple(datasets) if datasets is not None else None
         self.device = device
+        self.texts = dict(texts or {})
         self._readers: dict[str, IndexReader] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_spec(cls, home: Path, spec: QuiverSpec, device: str | None = None) -> Searcher:
+        """A searcher over the spec's datasets, knowing how each one's embedded text is made."""
+        texts = {d.name: EmbeddedText(tuple(d.embeddings.columns), d.embeddings.separator) for d in spec.datasets}
+        return cls(home, spec.names, device, texts)
 
     def reader(self, dataset: str) -> IndexReader:
         if self.datasets is not None and dataset not in self.datasets:
@@ -105,13 +135,50 @@ class Searcher:
             raise SearchError(f"ef_search must be a positive integer (or left out for the spec's), got {ef_search!r}")
         if columns is None:
             return None
-        unknown = [c for c in columns if c not in reader.served_columns and c not in CHUNK_RESULT_COLUMNS]
+        extra = (*CHUNK_RESULT_COLUMNS, CHUNK_TEXT)
+        unknown = [c for c in columns if c not in reader.served_columns and c not in extra]
         if unknown:
             raise SearchError(
                 f"dataset {dataset!r}: columns {unknown} are not served; served columns: "
-                f"{', '.join(reader.served_columns)} (and {', '.join(CHUNK_RESULT_COLUMNS)}: which chunk matched)"
+                f"{', '.join(reader.served_columns)} (and {', '.join(extra)}: which chunk matched)"
             )
-        return [CHUNK_RESULT_COLUMNS.get(c, c) for c in columns]
+        if CHUNK_TEXT in columns:
+            text = self.texts.get(dataset)
+            if text is None:
+                raise SearchError(
+                    f"dataset {dataset!r}: column {CHUNK_TEXT!r} needs the spec's embedded columns, which this "
+                    "searcher was not given (make it with Searcher.for_spec); chunk_start and chunk_end work without"
+                )
+            missing = [c for c in text.columns if c not in reader.served_columns]
+            if missing:
+                raise SearchError(
+                    f"dataset {dataset!r}: column {CHUNK_TEXT!r} is the matching chunk's text, cut from the embedded "
+                    f"columns, and {', '.join(missing)} is not served; add it to the dataset's `columns:` "
+                    "(or ask for chunk_start and chunk_end, the chunk's offsets)"
+                )
+        return list(columns)
+
+    def _search_rows(self, reader: IndexReader, dataset: str, vector, k, columns, ef_search, where, group) -> pa.Table:
+        """``reader.search_rows`` with the chunk result columns: asked for by their public names,
+        the chunk's text cut from the embedded columns."""
+        if columns is None:
+            return reader.search_rows(vector, int(k), None, ef_search, where=where, group=group)
+        text = self.texts.get(dataset) if CHUNK_TEXT in columns else None
+        wanted = [CHUNK_RESULT_COLUMNS.get(c, c) for c in columns if c != CHUNK_TEXT]
+        if text is not None:
+            wanted += [c for c in (*text.columns, "_chunk_start", "_chunk_end") if c not in wanted]
+        table = reader.search_rows(vector, int(k), wanted, ef_search, where=where, group=group)
+        if text is not None:
+            cut = [
+                None if row["_chunk_start"] is None else text.of(row)[row["_chunk_start"] : row["_chunk_end"]]
+                for row in table.select([*text.columns, "_chunk_start", "_chunk_end"]).to_pylist()
+            ]
+            table = table.append_column(CHUNK_TEXT, pa.array(cut, pa.string()))
+        public = {v: name for name, v in CHUNK_RESULT_COLUMNS.items()}
+        head = table.column_names[:3]  # the primary key, score, distance
+        return table.rename_columns([public.get(n, n) for n in table.column_names]).select(
+            [*head, *columns]
+        )
 
     def search(
         self,
@@ -128,8 +195,8 @@ class Searcher:
         ``where``: a SQL predicate over the served columns (``section = 'python' AND name LIKE
         'py%'``); the result is then the top ``min(k, matching rows)``. A row whose text was split
         into chunks is one result, scored by its best chunk; ``group=False`` returns the ``k`` best
-        chunks instead (a row may repeat). ``columns`` may add ``chunk``, ``chunk_start`` and
-        ``chunk_end``: which chunk matched, and where it is in the row's embedded text.
+        chunks instead (a row may repeat). ``columns`` may add ``chunk`` (the matching chunk's text),
+        ``chunk_number``, ``chunk_start`` and ``chunk_end`` (its offsets in the row's embedded text).
         """
         reader = self.reader(dataset)
         columns = self._check(reader, dataset, k, columns, ef_search)
@@ -138,10 +205,9 @@ class Searcher:
         one = [query] if isinstance(query, str) else np.asarray(query, dtype=np.float32).reshape(1, -1)
         vectors = self.query_vectors(dataset, one, reader)
         try:
-            table = reader.search_rows(vectors[0], int(k), columns, ef_search, where=where, group=group)
+            return self._search_rows(reader, dataset, vectors[0], k, columns, ef_search, where, group)
         except FilterError as error:
             raise SearchError(f"dataset {dataset!r}: {error}") from error
-        return _public_chunk_names(table)
 
     def search_batch(
         self,
@@ -161,18 +227,13 @@ class Searcher:
         tables = []
         for i, vector in enumerate(vectors):
             try:
-                table = _public_chunk_names(reader.search_rows(vector, int(k), columns, ef_search, where=where, group=group))
+                table = self._search_rows(reader, dataset, vector, k, columns, ef_search, where, group)
             except FilterError as error:
                 raise SearchError(f"dataset {dataset!r}: {error}") from error
             tables.append(table.add_column(0, "query", pa.array(np.full(table.num_rows, i, dtype=np.int32))))
         if not tables:
-            empty = _public_chunk_names(reader.search_rows(np.zeros(reader.identity.dim, np.float32), 1, columns, ef_search).slice(0, 0))
+            empty = self._search_rows(reader, dataset, np.zeros(reader.identity.dim, np.float32), 1, columns, ef_search, None, True)
+            empty = empty.slice(0, 0)
             return empty.add_column(0, "query", pa.array([], pa.int32()))
         return pa.concat_tables(tables)
 
-
-def _public_chunk_names(table: pa.Table) -> pa.Table:
-    internal = {v: k for k, v in CHUNK_RESULT_COLUMNS.items()}
-    if not any(name in internal for name in table.column_names):
-        return table
-    return table.rename_columns([internal.get(name, name) for name in table.column_names])

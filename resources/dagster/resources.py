@@ -20,7 +20,7 @@ from pydantic import PrivateAttr
 from quiver.resources import warehouse
 from quiver.resources.embedding import Embedder, get_embedder
 from quiver.resources.index import HnswParams, IndexIdentity, IndexStore
-from quiver.resources.search import Searcher
+from quiver.resources.search import EmbeddedText, Searcher
 from quiver.resources.spec import DatasetSpec
 
 WRITER_POOL = "quiver_duckdb_writer"  # one DuckDB writer at a time (instance limit 1)
@@ -79,11 +79,18 @@ class SearchResource(ConfigurableResource):
     home: str
     datasets: list[str] | None = None
     device: str | None = None
+    # dataset -> its embedded columns and their separator, for the ``chunk`` result column
+    embedded_columns: dict[str, list[str]] = {}
+    separators: dict[str, str] = {}
     _searcher: Searcher | None = PrivateAttr(default=None)
 
     def searcher(self) -> Searcher:
         if self._searcher is None:
-            self._searcher = Searcher(Path(self.home), self.datasets, self.device)
+            texts = {
+                name: EmbeddedText(tuple(columns), self.separators.get(name, "\n"))
+                for name, columns in self.embedded_columns.items()
+            }
+            self._searcher = Searcher(Path(self.home), self.datasets, self.device, texts)
         return self._searcher
 
     def search(

@@ -24,8 +24,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from quiver.resources import warehouse
+from quiver.resources.embed_refresh import RefreshResult, refresh_embeddings
 from quiver.resources.embedding import resolve_model_path
-from quiver.resources.embedding.chunking import Chunker, ChunkSettings, chunk_rows
+from quiver.resources.embedding.chunking import Chunker, ChunkSettings
 from quiver.resources.index import HnswParams, IndexIdentity, IndexStore
 from quiver.resources.log_sync import sync_log
 from tests.crash.hash_embedder import DIM, MODEL, embed
@@ -37,6 +38,7 @@ PK = "id"
 LAYOUT = warehouse.TableLayout(DATASET, PK, ("text",), served_columns=("name",))
 PARAMS = HnswParams(m=16, ef_construction=64, ef_search=64)
 REBUILD_TOMBSTONE_PERCENT = 20.0
+BATCH_ROWS = 16  # small, so a refresh of the scenario's changes is several batches
 
 
 # -- the world on disk -------------------------------------------------------------------------
@@ -120,21 +122,33 @@ def chunker() -> Chunker:
     return Chunker(resolve_model_path("all-MiniLM-L6-v2") / "tokenizer.json", 40, ChunkSettings(size=16, overlap=4))
 
 
-def refresh(work: Path) -> None:
-    """rows -> embeddings -> index, as the three assets do it (the connection closed while embedding)."""
+class HashModel:
+    """The embedder interface the refresh loop uses, over the hash embedder and the small chunker."""
+
+    dim = DIM
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return embed(texts)
+
+    def chunker(self, settings: ChunkSettings) -> Chunker:
+        return chunker()
+
+
+def refresh(work: Path) -> RefreshResult:
+    """rows -> embeddings -> index, as the three assets do it: the engine's refresh loop, batches of
+    ``BATCH_ROWS`` rows each committed on their own (the connection closed while embedding)."""
     with writer_connection(work) as conn:
         warehouse.load_source(conn, LAYOUT, [str(source_path(work))])
-        plan = warehouse.plan_changes(conn, LAYOUT, MODEL)
-    chunks = chunk_rows(PK, plan.to_embed.column(PK), plan.to_embed.column(warehouse.TEXT).to_pylist(), chunker())
-    vectors = embed(chunks.texts)
-    with writer_connection(work) as conn:
-        warehouse.commit_changes(conn, LAYOUT, plan, vectors, chunks.table)
+    result = refresh_embeddings(
+        lambda: writer_connection(work), LAYOUT, MODEL, HashModel, ChunkSettings(), batch_rows=BATCH_ROWS
+    )
 
     def read_changes(after: int):
         with writer_connection(work) as conn:
             return warehouse.changes_after(conn, LAYOUT, after)
 
     sync_log(store_for(work), read_changes)
+    return result
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """Writers in their own process, for the crash tests:
 
-python -m tests.crash.writer refresh <workdir>          one refresh (rows -> embeddings -> index)
+python -m tests.crash.writer refresh <workdir>          one refresh (rows -> embeddings -> index); prints
+                                                        {"unchanged": n, "embedded": n} as JSON
 python -m tests.crash.writer snapshot <workdir>         one snapshot
 python -m tests.crash.writer loop <workdir> <seconds>   change the source, refresh, snapshot every
                                                         other round, until the time is up; after
@@ -10,6 +11,7 @@ python -m tests.crash.writer loop <workdir> <seconds>   change the source, refre
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -50,5 +52,8 @@ if __name__ == "__main__":
     command, work = sys.argv[1], Path(sys.argv[2])
     if command == "loop":
         loop(work, float(sys.argv[3]))
+    elif command == "refresh":
+        plan = scenario.refresh(work).plan  # what it found already embedded, and what it embedded
+        print(json.dumps({"unchanged": plan.unchanged, "embedded": plan.to_embed.num_rows}))
     else:
-        {"refresh": scenario.refresh, "snapshot": scenario.take_snapshot}[command](work)
+        scenario.take_snapshot(work)

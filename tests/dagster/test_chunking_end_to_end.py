@@ -17,7 +17,7 @@ import pytest
 
 from quiver.pipelines.cli import dataset_status
 from quiver.pipelines.definitions import DUCKDB_FILE
-from quiver.resources.search import Searcher
+from quiver.resources.search import Searcher, SearchError
 from quiver.resources.spec import load_spec
 from tests.conftest import dataset_entry, write_spec
 from tests.dagster.helpers import materialize_all, metadata_of
@@ -97,13 +97,14 @@ def test_a_long_document_is_found_by_its_last_sentence(project):
     status = dataset_status(load_spec(spec).get(DS), home)
     assert (status["snapshot_rows"], status["snapshot_vectors"]) == (len(TOPICS), meta["chunks"])
 
-    searcher = Searcher(home, [DS])
+    searcher = Searcher.for_spec(home, load_spec(spec))
     for doc, topic in enumerate(TOPICS):
-        hits = searcher.search(DS, topic, k=3, columns=["chunk", "chunk_start", "chunk_end"])
+        hits = searcher.search(DS, topic, k=3, columns=["chunk_number", "chunk_start", "chunk_end", "chunk"])
         assert hits.column("pkg_id").to_pylist()[0] == doc, (topic, hits.to_pylist())
         best = hits.to_pylist()[0]
         text = long_text(doc, 40)
-        assert topic in text[best["chunk_start"] : best["chunk_end"]] and best["chunk"] > 0
+        assert best["chunk"] == text[best["chunk_start"] : best["chunk_end"]] and best["chunk_number"] > 0
+        assert topic in best["chunk"] and len(best["chunk"]) < len(text) / 5
 
 
 def test_chunking_off_reports_the_rows_it_cuts(project, tmp_path):
@@ -132,9 +133,9 @@ def test_a_row_that_shrinks_grows_and_leaves_keeps_no_stale_chunk(project):
     assert few == list(range(len(few))) and len(few) < len(many)
     assert meta["rows_changed"] == 1
     check_in_a_fresh_process(home)
-    searcher = Searcher(home, [DS])
-    stale = searcher.search(DS, long_text(0, 40)[-600:], k=50, group=False, columns=["chunk"])
-    assert not [h for h in stale.to_pylist() if h["pkg_id"] == 0 and h["chunk"] >= len(few)]
+    searcher = Searcher.for_spec(home, load_spec(spec))
+    stale = searcher.search(DS, long_text(0, 40)[-600:], k=50, group=False, columns=["chunk_number"])
+    assert not [h for h in stale.to_pylist() if h["pkg_id"] == 0 and h["chunk_number"] >= len(few)]
 
     rows[0] = long_text(0, 60)  # grows past where it was
     pq.write_table(source(rows), path)
@@ -158,7 +159,7 @@ def test_k_distinct_rows_however_many_chunks_match(project):
     sections = {0: "rare", 5: "rare", 6: "rare"}
     pq.write_table(source(rows, sections), path)
     materialize_all(spec, home)
-    searcher = Searcher(home, [DS])
+    searcher = Searcher.for_spec(home, load_spec(spec))
     query = "system module network driver kernel library"  # every filler chunk of every row matches it
 
     chunks = searcher.search(DS, query, k=10, group=False)
@@ -186,8 +187,24 @@ def test_the_command_line_returns_rows_or_chunks(project):
         assert done.returncode == 0, done.stderr[-2000:]
         return json.loads(done.stdout)
 
-    rows = cli("--k", "3", "--columns", "package,chunk,chunk_start,chunk_end")
+    rows = cli("--k", "3", "--columns", "package,chunk_number,chunk_start,chunk_end,chunk")
     assert [r["pkg_id"] for r in rows][0] == 1 and len({r["pkg_id"] for r in rows}) == 3
-    assert set(rows[0]) == {"pkg_id", "score", "distance", "package", "chunk", "chunk_start", "chunk_end"}
-    chunks = cli("--k", "6", "--chunks", "--columns", "chunk")
+    assert list(rows[0]) == ["pkg_id", "score", "distance", "package", "chunk_number", "chunk_start", "chunk_end", "chunk"]
+    assert TOPICS[1] in rows[0]["chunk"]
+    chunks = cli("--k", "6", "--chunks", "--columns", "chunk_number")
     assert len(chunks) == 6 and len({c["pkg_id"] for c in chunks}) < 6
+
+
+def test_the_chunk_text_needs_the_embedded_columns_served(project, tmp_path):
+    path, _spec, home = project
+    pq.write_table(source({i: long_text(i, 40) for i in range(2)}), path)
+    entry = dataset_entry(DS, path, columns=["package"], embeddings={"column": "short_description"})
+    spec = write_spec(tmp_path / "narrow.yaml", [entry])
+    materialize_all(spec, home)
+    searcher = Searcher.for_spec(home, load_spec(spec))
+    with pytest.raises(SearchError, match="short_description is not served; add it to the dataset's `columns:`"):
+        searcher.search(DS, TOPICS[0], k=1, columns=["chunk"])
+    offsets = searcher.search(DS, TOPICS[0], k=1, columns=["chunk_start", "chunk_end"]).to_pylist()[0]
+    assert TOPICS[0] in long_text(0, 40)[offsets["chunk_start"] : offsets["chunk_end"]]
+    with pytest.raises(SearchError, match="make it with Searcher.for_spec"):
+        Searcher(home, [DS]).search(DS, TOPICS[0], k=1, columns=["chunk"])
