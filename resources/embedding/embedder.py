@@ -7,7 +7,7 @@ ships; any other name must be a local model directory saved with ``SentenceTrans
 Backends (``backend=``, else ``$QUIVER_EMBED_BACKEND``, else ``auto``):
 
 - ``onnx``: the whole sentence-transformers model exported once to ONNX (cached under
-  ``<QUIVER_HOME>/models``, or ``$QUIVER_MODEL_CACHE`` to share them between homes; see
+  the user's cache directory, shared by every ``QUIVER_HOME``, or ``$QUIVER_MODEL_CACHE``; see
   :mod:`quiver.resources.embedding.onnx_export`) and run by ONNX Runtime on CPU with
   the model's fast tokenizer. Its vectors equal sentence-transformers' (mean cosine >= 0.9999,
   checked at export and by a test), so the model identity does not change. With the export cached
@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import platformdirs
 
 from quiver.resources.embedding.chunking import Chunker, ChunkSettings
 from quiver.resources.embedding.device import ENV_BACKEND, ENV_THREADS, choose_backend, resolve_threads
@@ -61,10 +62,20 @@ _LOCK = threading.Lock()
 
 
 def default_cache_dir() -> Path:
-    """``$QUIVER_MODEL_CACHE``, else ``<QUIVER_HOME>/models`` (where ONNX exports are kept)."""
+    """Where ONNX exports are kept: ``$QUIVER_MODEL_CACHE``, else the user's cache directory
+    (``~/.cache/quiver/models`` on Linux), shared by every ``QUIVER_HOME`` of the machine, so a
+    new state directory never exports the model again (about 8 s); ``<QUIVER_HOME>/models`` when
+    the user cache cannot be written. An export is keyed by its model files' hash and checked on
+    load (``onnx_export``), so sharing it is safe."""
     if os.environ.get(ENV_CACHE):
         return Path(os.environ[ENV_CACHE]).expanduser()
-    return default_home() / "models"
+    shared = Path(platformdirs.user_cache_dir("quiver")) / "models"
+    try:
+        shared.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        log.warning("cannot use %s for model exports (%s); using the state directory", shared, error)
+        return default_home() / "models"
+    return shared
 
 
 class Embedder:

@@ -34,7 +34,7 @@ def spec(built):
 
 def env_for(built) -> dict:
     """The environment of a subprocess serving ``built``. It shares this process's ONNX export of the
-    model, which is kept under QUIVER_HOME by default: a fresh home would export it again (slow)."""
+    model (tests/conftest.py points QUIVER_MODEL_CACHE at one place for the whole run)."""
     spec_path, home, _ = built
     return {
         **os.environ,
