@@ -26,7 +26,7 @@ import duckdb
 import numpy as np
 
 from quiver.resources import warehouse
-from quiver.resources.embedding.chunking import ChunkSettings, chunk_rows
+from quiver.resources.embedding.chunking import ChunkingError, ChunkSettings, chunk_rows
 from quiver.resources.faults import kill_point
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,10 @@ def refresh_embeddings(
     model = load_model() if total else None
     if model is not None:
         warehouse.require_dimension(layout, plan, model.dim, fix=rebuild_fix)  # before hours of work
-    chunker = model.chunker(chunking) if model is not None else None
+    try:
+        chunker = model.chunker(chunking) if model is not None else None
+    except ChunkingError as error:  # a local model's window, known only now
+        raise ChunkingError(f"dataset {layout.dataset!r}: embeddings.chunking: {error}") from None
     size = max(1, total) if plan.rebuild else max(1, batch_rows)
     base_seq, done = plan.base_seq, 0
     for start in range(0, max(total, 1), size):

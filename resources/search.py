@@ -38,7 +38,7 @@ class EmbeddedText:
 
     def of(self, row: dict) -> str:
         # as the warehouse builds it: blank columns left out, the rest joined by the separator
-        parts = [row[c] for c in self.columns if row[c] is not None and row[c].strip(" ") != ""]
+        parts = [row[c] for c in self.columns if row[c] is not None and row[c].strip() != ""]
         return self.separator.join(parts)
 
 

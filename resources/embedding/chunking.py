@@ -24,9 +24,8 @@ import numpy as np
 import pyarrow as pa
 
 from quiver.resources.index.commitlog import CHUNK, CHUNK_END, CHUNK_START
-from quiver.resources.spec import ChunkingSpec, default_chunk_tokens
+from quiver.resources.spec import MIN_CHUNK_TOKENS, ChunkingSpec, default_chunk_tokens
 
-MIN_SIZE = 8  # tokens: below this a chunk is a few words and a vector says little
 SPECIAL_TOKENS = 2  # [CLS] and [SEP] take two places in every window
 
 
@@ -50,7 +49,6 @@ class ChunkSettings:
     @classmethod
     def from_spec(cls, block: ChunkingSpec) -> ChunkSettings:
         return cls(block.enabled, block.target_chunk_size, block.overlap_size, block.trim_whitespace)
-
 
 
 class Chunker:
@@ -142,9 +140,9 @@ class ChunkingError(ValueError):
 
 def check_sizes(size: int, overlap: int, window: int) -> None:
     capacity = window - SPECIAL_TOKENS
-    if not MIN_SIZE <= size <= capacity:
+    if not MIN_CHUNK_TOKENS <= size <= capacity:
         raise ChunkingError(
-            f"target_chunk_size {size} is outside {MIN_SIZE}..{capacity}: the model reads {window} tokens, "
+            f"target_chunk_size {size} is outside {MIN_CHUNK_TOKENS}..{capacity}: the model reads {window} tokens, "
             f"{SPECIAL_TOKENS} of them its own markers"
         )
     if not 0 <= overlap < size:

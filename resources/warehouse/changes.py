@@ -89,7 +89,7 @@ def plan_changes(
     pk = q(layout.primary_key)
     served = tuple(c for c in (layout.served_columns or columns_of(conn, layout.rows)) if c != layout.primary_key)
     # A blank column contributes nothing (no dangling separator); all blank means no text.
-    texts = [f"CASE WHEN trim({q(c)}) = '' THEN NULL ELSE {q(c)} END" for c in layout.text_columns]
+    texts = [f"CASE WHEN {_blank(q(c))} THEN NULL ELSE {q(c)} END" for c in layout.text_columns]
     text_expr = texts[0] if len(texts) == 1 else f"concat_ws($separator, {', '.join(texts)})"
     params = {"model": model_identity} | ({"separator": layout.separator} if len(texts) > 1 else {})
     served_list = ", ".join(q(c) for c in served)
@@ -101,8 +101,8 @@ def plan_changes(
             FROM (SELECT *, {text_expr} AS {TEXT} FROM {layout.rows}) t""",
         params,
     )
-    skipped = conn.execute(f"SELECT {pk} FROM _src WHERE {TEXT} IS NULL OR trim({TEXT}) = '' ORDER BY 1").fetchall()
-    conn.execute(f"DELETE FROM _src WHERE {TEXT} IS NULL OR trim({TEXT}) = ''")
+    skipped = conn.execute(f"SELECT {pk} FROM _src WHERE {TEXT} IS NULL OR {_blank(TEXT)} ORDER BY 1").fetchall()
+    conn.execute(f"DELETE FROM _src WHERE {TEXT} IS NULL OR {_blank(TEXT)}")
     rows_read = conn.execute(f"SELECT count(*) FROM {layout.rows}").fetchone()[0]
     served_cols = f", {served_list}" if served else ""
     if table_exists(conn, layout.embeddings):
@@ -148,6 +148,11 @@ def plan_changes(
         skipped_empty=len(skipped),
         skipped_examples=[row[0] for row in skipped[:5]],
     )
+
+
+def _blank(expression: str) -> str:
+    """SQL: the text is empty or whitespace only (tabs and newlines too: a chunker finds nothing in it)."""
+    return f"regexp_full_match({expression}, '\\s*')"
 
 
 def require_dimension(layout: TableLayout, plan: ChangePlan, model_dim: int, fix: str = REBUILD_FIX) -> None:

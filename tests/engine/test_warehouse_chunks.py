@@ -89,3 +89,13 @@ def test_tables_from_before_chunking_carry_on(tmp_path):
     assert keys_of(conn)[1, 0] == 1 and chunks_of(conn) == {1: [0], 3: [0, 1, 2]}
     changes, _ = warehouse.changes_after(conn, LAYOUT, 0)
     assert sorted(changes.column(SEQ).to_pylist()) == [1, 2, 3, 4]
+
+
+def test_whitespace_only_text_is_skipped_and_counted_not_embedded(tmp_path):
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    path = tmp_path / "source.parquet"
+    pq.write_table(pa.table({"id": [1, 2, 3, 4], "text": ["words", "\n\t \n", "   ", None]}), path)
+    warehouse.load_source(conn, LAYOUT, [str(path)])
+    plan = warehouse.plan_changes(conn, LAYOUT, "model")
+    assert plan.to_embed.column("id").to_pylist() == [1]
+    assert (plan.skipped_empty, plan.skipped_examples) == (3, [2, 3, 4])
