@@ -7,7 +7,7 @@ from quiver.assets.evaluation import evaluation_asset
 from quiver.assets.index import index_asset
 from quiver.assets.rows import rows_asset
 from quiver.assets.snapshot import snapshot_asset
-from quiver.resources.dagster.naming import source_spec
+from quiver.resources.dagster_resources import source_spec
 from quiver.resources.spec import DatasetSpec
 
 __all__ = ["dataset_assets", "dataset_checks", "evaluation_asset"]

@@ -17,8 +17,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from quiver.resources import health, warehouse
-from quiver.resources.dagster.naming import key
-from quiver.resources.dagster.resources import WRITER_POOL, EmbedderResource, IndexResource, open_connection
+from quiver.resources.dagster_resources import WRITER_POOL, EmbedderResource, IndexResource, key, open_connection
 from quiver.resources.index import IndexReader
 from quiver.resources.index.errors import CorruptFileError, IndexNotBuiltError
 from quiver.resources.spec import DatasetSpec

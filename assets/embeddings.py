@@ -8,8 +8,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from quiver.resources import health, warehouse
-from quiver.resources.dagster.naming import key, tags
-from quiver.resources.dagster.resources import WRITER_POOL, EmbedderResource, open_connection
+from quiver.resources.dagster_resources import WRITER_POOL, EmbedderResource, key, open_connection, tags
 from quiver.resources.embed_refresh import RefreshResult, refresh_embeddings
 from quiver.resources.embedding.chunking import ChunkSettings
 from quiver.resources.embedding.progress import ProgressLog

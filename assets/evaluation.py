@@ -15,8 +15,7 @@ import dagster as dg
 from pydantic import Field
 
 from quiver.resources import health
-from quiver.resources.dagster.naming import key, tags
-from quiver.resources.dagster.resources import IndexResource
+from quiver.resources.dagster_resources import IndexResource, key, tags
 from quiver.resources.index import IndexReader
 from quiver.resources.spec import DatasetSpec
 

@@ -8,8 +8,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from quiver.resources import health, warehouse
-from quiver.resources.dagster.naming import key, tags
-from quiver.resources.dagster.resources import WRITER_POOL, IndexResource, open_connection
+from quiver.resources.dagster_resources import WRITER_POOL, IndexResource, key, open_connection, tags
 from quiver.resources.index import CorruptFileError, read_stats
 from quiver.resources.log_sync import sync_log
 from quiver.resources.spec import DatasetSpec

@@ -14,8 +14,7 @@ import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from quiver.resources.dagster.naming import key, tags
-from quiver.resources.dagster.resources import WRITER_POOL, SearchResource, open_connection
+from quiver.resources.dagster_resources import WRITER_POOL, SearchResource, key, open_connection, tags
 from quiver.resources.warehouse import layout_for, q
 
 

@@ -6,8 +6,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from quiver.resources import health, warehouse
-from quiver.resources.dagster.naming import key, tags
-from quiver.resources.dagster.resources import WRITER_POOL, open_connection
+from quiver.resources.dagster_resources import WRITER_POOL, key, open_connection, tags
 from quiver.resources.spec import DatasetSpec
 from quiver.resources.warehouse import layout_for
 

@@ -5,8 +5,7 @@ import time
 import dagster as dg
 
 from quiver.resources import health
-from quiver.resources.dagster.naming import key, tags
-from quiver.resources.dagster.resources import IndexResource
+from quiver.resources.dagster_resources import IndexResource, key, tags
 from quiver.resources.index import CorruptFileError, LogStats, read_stats
 from quiver.resources.index.manifest import read_manifest
 from quiver.resources.spec import DatasetSpec

@@ -14,7 +14,7 @@ from quiver.assets import dataset_assets, dataset_checks, evaluation_asset
 from quiver.assets.neighbours import neighbours_asset
 from quiver.pipelines.jobs import refresh_job, snapshot_job
 from quiver.pipelines.schedules import refresh_schedule
-from quiver.resources.dagster.resources import EmbedderResource, IndexResource, SearchResource
+from quiver.resources.dagster_resources import EmbedderResource, IndexResource, SearchResource
 from quiver.resources.spec import QuiverSpec, default_home, load_spec
 from quiver.sensors.snapshot_sensor import snapshot_sensor
 from quiver.sensors.source_sensor import source_sensor

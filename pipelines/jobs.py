@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from quiver.resources.dagster.naming import key
+from quiver.resources.dagster_resources import key
 from quiver.resources.spec import DatasetSpec
 
 

@@ -8,8 +8,8 @@ recorded in the index's manifest, loaded once per process. It never opens the Du
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from quiver.resources.dagster.naming import key
+from quiver.resources.dagster_resources import key
 from quiver.resources.index import read_stats
 from quiver.resources.index.manifest import manifest_path
 from quiver.resources.index.snapshot_policy import SnapshotPolicy, decide

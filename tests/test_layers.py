@@ -5,7 +5,7 @@ Bottom to top (an import may only point down this list, or stay within its own l
     0 formats    quiver.resources.{spec, faults, files, values}: the dataset spec, the fault points,
                  the one atomic-publish helper, the one JSON encoder and table printer
     1 engine     every other module under quiver.resources but its dagster package; no Dagster
-    2 dagster    quiver.resources.dagster: the Dagster resources and asset names
+    2 dagster    quiver.resources.dagster_resources: the Dagster resources and asset names
     3 dagster-bodies  quiver.assets and quiver.sensors (neither imports the other)
     4 pipelines  quiver.pipelines: definitions, jobs, schedules, command line, HTTP, SQL
     5 api        quiver itself: the public names
@@ -73,7 +73,7 @@ def layer_of(module: str) -> int:
     if module in FORMATS:
         return LAYERS.index("formats")
     for prefix, layer in (
-        ("quiver.resources.dagster", "dagster"),
+        ("quiver.resources.dagster_resources", "dagster"),
         ("quiver.resources", "engine"),
         ("quiver.assets", "dagster-bodies"),
         ("quiver.sensors", "dagster-bodies"),
@@ -136,7 +136,7 @@ def check(root: Path = ROOT) -> tuple[list[str], dict]:
                 problems.append(f"{where(imp)}: {module} imports {imp.target!r}: import it as 'quiver.{imp.target}'")
                 continue
             if top in DAGSTER and layer_of(module) <= LAYERS.index("engine"):
-                problems.append(f"{where(imp)}: {module} is engine code and imports {imp.target} (no Dagster below quiver.resources.dagster)")
+                problems.append(f"{where(imp)}: {module} is engine code and imports {imp.target} (no Dagster below quiver.resources.dagster_resources)")
                 continue
             if top != "quiver":
                 continue
@@ -153,7 +153,7 @@ def check(root: Path = ROOT) -> tuple[list[str], dict]:
             elif {_second(module), _second(imp.target)} == {"assets", "sensors"}:
                 problems.append(
                     f"{where(imp)}: {module} imports {imp.target}: assets and sensors share names through "
-                    "quiver.resources.dagster, never each other"
+                    "quiver.resources.dagster_resources, never each other"
                 )
             if not imp.top_level and not imp.lazy_attribute:
                 problems.append(

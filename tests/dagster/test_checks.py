@@ -26,7 +26,7 @@ from dagster import (
 
 from quiver.assets import dataset_assets, dataset_checks, evaluation_asset
 from quiver.pipelines.definitions import DUCKDB_FILE, build_definitions, build_resources
-from quiver.resources.dagster.naming import key
+from quiver.resources.dagster_resources import key
 from quiver.resources.index import IndexReader, IndexStore
 from quiver.resources.index.commitlog import KEY, OP, SEQ, VECTOR, vector_type
 from quiver.resources.index.manifest import read_manifest

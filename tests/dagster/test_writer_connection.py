@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 from dagster_duckdb import DuckDBResource
 
-from quiver.resources.dagster.resources import open_connection
+from quiver.resources.dagster_resources import open_connection
 
 
 def _digest(path) -> str:
@@ -56,7 +56,7 @@ def test_a_writer_killed_after_commit_loses_nothing(tmp_path):
         f"""
         import os, signal
         from dagster_duckdb import DuckDBResource
-        from quiver.resources.dagster.resources import open_connection
+        from quiver.resources.dagster_resources import open_connection
         with open_connection(DuckDBResource(database={str(database)!r})) as conn:
             conn.execute("INSERT INTO t SELECT range FROM range(50)")
             os.kill(os.getpid(), signal.SIGKILL)

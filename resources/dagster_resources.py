@@ -1,4 +1,8 @@
-"""The Dagster resources: thin, plain fields, heavy state built lazily once per process.
+"""The Dagster layer of the resources, the only module under ``resources/`` that imports Dagster:
+the ``ConfigurableResource`` classes (thin, plain fields, heavy state built lazily once per
+process) and the asset keys and tags that assets, checks, sensors and jobs share (here, below
+assets and sensors, so both import them without reaching up or sideways; the dataset's DuckDB
+tables are named by the engine: ``warehouse.layout_for``).
 
 DuckDB itself goes through ``dagster_duckdb.DuckDBResource``; ``open_connection`` wraps it so the
 connection is always closed (also on error), the home directory exists, and the writer settings
@@ -13,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import dagster as dg
 from dagster import ConfigurableResource
 from dagster_duckdb import DuckDBResource
 from pydantic import PrivateAttr
@@ -116,3 +121,27 @@ class SearchResource(ConfigurableResource):
         group: bool = True,
     ) -> pa.Table:
         return self.searcher().search_batch(dataset, queries, k=k, columns=columns, where=where, ef_search=ef_search, group=group)
+
+
+# -- asset keys and tags ---------------------------------------------------------------------------
+STAGES = ("source", "rows", "embeddings", "index", "snapshot")
+
+
+def key(spec: DatasetSpec, stage: str) -> dg.AssetKey:
+    assert stage in STAGES, stage
+    return dg.AssetKey([spec.name, stage])
+
+
+def tags(spec: DatasetSpec) -> dict[str, str]:
+    return {"dataset": spec.name}
+
+
+def source_spec(spec: DatasetSpec) -> dg.AssetSpec:
+    return dg.AssetSpec(
+        key(spec, "source"),
+        description=f"Source Parquet of dataset {spec.name!r}: {spec.source_path}",
+        group_name="sources",
+        kinds={"parquet"},
+        tags=tags(spec),
+        metadata={"path": dg.MetadataValue.path(str(spec.source_path))},
+    )
