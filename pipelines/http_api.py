@@ -9,10 +9,12 @@
 Request fields, as in Spice: ``text`` (required), ``datasets`` (default: every dataset of the spec
 that has an index), ``where`` (a SQL predicate over served columns), ``additional_columns``
 (served columns returned under ``metadata``), ``limit`` (default 10; Spice's default is 3).
-quiver adds ``ef_search``. Each dataset is searched for ``limit`` rows and the results merged by
-score, best first, so ``limit`` caps the whole answer. ``value`` is the text that was embedded
-(the embedding columns joined by the spec's separator) when those columns are served, else the
-primary key. ``duration_ms`` is an integer, as in Spice.
+quiver adds ``ef_search`` and ``group``. Each dataset is searched for ``limit`` rows and the
+results merged by score, best first, so ``limit`` caps the whole answer. ``value`` is the text that
+was embedded (the embedding columns joined by the spec's separator) when those columns are served,
+else the primary key. A row whose text was split into chunks is one match, scored by its best
+chunk; ``"group": false`` returns the best chunks instead, each with the chunk's own text as
+``value`` and ``chunk`` (its number, start and end) beside it. ``duration_ms`` is an integer, as in Spice.
 
 Errors are ``{"error": "..."}``: 400 for a bad request, 404 for an unknown dataset or one with no
 index yet, 500 otherwise. Searches run one at a time in a worker thread (see ``lock`` below).
@@ -36,7 +38,8 @@ from quiver.resources.search import SearchError
 from quiver.resources.spec import UnknownDatasetError, load_spec
 from quiver.resources.values import display, jsonable
 
-FIELDS = ("text", "datasets", "where", "additional_columns", "limit", "ef_search")
+FIELDS = ("text", "datasets", "where", "additional_columns", "limit", "ef_search", "group")
+CHUNK_FIELDS = ("chunk", "chunk_number", "chunk_start", "chunk_end")
 DEFAULT_LIMIT = 10
 
 
@@ -70,6 +73,10 @@ def create_app(searcher, spec=None) -> Starlette:
             )
         embedded = spec.get(dataset).embeddings.columns if spec is not None else ()
         columns = list(dict.fromkeys([*(c for c in extra if c != pk), *(c for c in embedded if c in served)]))
+        chunks = not request["group"]
+        whole_text = dataset in searcher.texts and bool(embedded) and all(c in served for c in embedded)
+        if chunks:  # each match is a chunk: its own text when it can be cut, and where it is
+            columns += [c for c in CHUNK_FIELDS if c != "chunk" or whole_text]
         table = searcher.search(
             dataset,
             request["text"],
@@ -77,17 +84,21 @@ def create_app(searcher, spec=None) -> Starlette:
             columns=columns,
             where=request["where"],
             ef_search=request["ef_search"],
+            group=not chunks,
         )
-        return [
-            {
-                "value": value_of(dataset, row, pk),
+        matches = []
+        for row in table.to_pylist():
+            match = {
+                "value": row["chunk"] if chunks and whole_text else value_of(dataset, row, pk),
                 "score": row["score"],
                 "dataset": dataset,
                 "primary_key": {pk: row[pk]},
                 "metadata": {c: row[c] for c in extra},
             }
-            for row in table.to_pylist()
-        ]
+            if chunks:
+                match["chunk"] = {"number": row["chunk_number"], "start": row["chunk_start"], "end": row["chunk_end"]}
+            matches.append(match)
+        return matches
 
     def search_all(request: dict) -> list[dict]:
         with lock:
@@ -150,6 +161,7 @@ def _parse(raw: bytes) -> dict:
         "additional_columns": _strings(body, "additional_columns") or [],
         "limit": _positive(body, "limit", DEFAULT_LIMIT),
         "ef_search": _positive(body, "ef_search", None),
+        "group": _optional(body, "group", bool, "true (one match per row, the default) or false (the best chunks)") is not False,
     }
 
 

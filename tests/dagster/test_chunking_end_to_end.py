@@ -14,9 +14,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from starlette.testclient import TestClient
 
 from quiver.pipelines.cli import dataset_status
 from quiver.pipelines.definitions import DUCKDB_FILE
+from quiver.pipelines.http_api import create_app
 from quiver.resources.search import Searcher, SearchError
 from quiver.resources.spec import load_spec
 from tests.conftest import dataset_entry, write_spec
@@ -208,3 +210,22 @@ def test_the_chunk_text_needs_the_embedded_columns_served(project, tmp_path):
     assert TOPICS[0] in long_text(0, 40)[offsets["chunk_start"] : offsets["chunk_end"]]
     with pytest.raises(SearchError, match="make it with Searcher.for_spec"):
         Searcher(home, [DS]).search(DS, TOPICS[0], k=1, columns=["chunk"])
+
+
+def test_the_http_front_returns_rows_or_chunks_with_their_text(project):
+    path, spec, home = project
+    pq.write_table(source({i: long_text(i, 40) for i in range(3)}), path)
+    materialize_all(spec, home)
+    loaded = load_spec(spec)
+    client = TestClient(create_app(Searcher.for_spec(home, loaded), loaded))
+
+    rows = client.post("/v1/search", json={"text": TOPICS[2], "limit": 3}).json()["matches"]
+    assert [m["primary_key"]["pkg_id"] for m in rows][0] == 2 and len({m["primary_key"]["pkg_id"] for m in rows}) == 3
+    assert rows[0]["value"] == long_text(2, 40) and "chunk" not in rows[0]
+
+    chunks = client.post("/v1/search", json={"text": TOPICS[2], "limit": 6, "group": False}).json()["matches"]
+    assert len(chunks) == 6 and len({m["primary_key"]["pkg_id"] for m in chunks}) < 6
+    best = chunks[0]
+    assert TOPICS[2] in best["value"] and best["value"] == long_text(2, 40)[best["chunk"]["start"] : best["chunk"]["end"]]
+    bad = client.post("/v1/search", json={"text": "x", "group": "no"})
+    assert bad.status_code == 400 and '"group" must be true' in bad.json()["error"]
