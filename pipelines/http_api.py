@@ -34,9 +34,9 @@ from starlette.routing import Route
 
 from quiver.pipelines.query import searcher
 from quiver.resources.index.errors import IndexNotBuiltError
-from quiver.resources.search import SearchError
+from quiver.resources.search import SearchError, embedded_texts
 from quiver.resources.spec import UnknownDatasetError, load_spec
-from quiver.resources.values import display, jsonable
+from quiver.resources.values import jsonable
 
 FIELDS = ("text", "datasets", "where", "additional_columns", "limit", "ef_search", "group")
 CHUNK_FIELDS = ("chunk", "chunk_number", "chunk_start", "chunk_end")
@@ -51,15 +51,16 @@ def create_app(searcher, spec=None) -> Starlette:
     """A Starlette app over ``searcher``; ``spec`` (a QuiverSpec) names the datasets and their
     embedding columns, so matches can carry the embedded text as ``value``."""
     names = tuple(spec.names) if spec is not None else tuple(searcher.datasets or ())
+    texts = {**(embedded_texts(spec) if spec is not None else {}), **searcher.texts}
     # One search at a time, on purpose for now: what the reader builds lazily per served state (the
     # delta's graph, column selections, the filter's in-memory DuckDB connection) and the embedder
     # have not been shown safe under concurrent queries. Lifting it needs a concurrency test first.
     lock = threading.Lock()
 
     def value_of(dataset: str, row: dict, pk: str):
-        embedded = spec.get(dataset).embeddings if spec is not None else None
-        if embedded is not None and all(c in row for c in embedded.columns):
-            return embedded.separator.join("" if row[c] is None else display(row[c]) for c in embedded.columns)
+        text = texts.get(dataset)  # how the warehouse builds the embedded text, in one place
+        if text is not None and all(c in row for c in text.columns):
+            return text.of(row)
         return row[pk]
 
     def search_one(dataset: str, request: dict) -> list[dict]:

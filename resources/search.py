@@ -42,6 +42,11 @@ class EmbeddedText:
         return self.separator.join(parts)
 
 
+def embedded_texts(spec: QuiverSpec) -> dict[str, EmbeddedText]:
+    """Each dataset's ``EmbeddedText``, from its ``embeddings`` block."""
+    return {d.name: EmbeddedText(tuple(d.embeddings.columns), d.embeddings.separator) for d in spec.datasets}
+
+
 class SearchError(ValueError):
     """A query that cannot be answered as asked; the message says what to change."""
 
@@ -65,8 +70,7 @@ class Searcher:
     @classmethod
     def for_spec(cls, home: Path, spec: QuiverSpec, device: str | None = None) -> Searcher:
         """A searcher over the spec's datasets, knowing how each one's embedded text is made."""
-        texts = {d.name: EmbeddedText(tuple(d.embeddings.columns), d.embeddings.separator) for d in spec.datasets}
-        return cls(home, spec.names, device, texts)
+        return cls(home, spec.names, device, embedded_texts(spec))
 
     def reader(self, dataset: str) -> IndexReader:
         if self.datasets is not None and dataset not in self.datasets:
