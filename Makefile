@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(QUIVER_HOME)/dagster
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-slow dev bench bench-pipeline bench-refresh bench-churn bench-write-cost bench-freshness bench-serving bench-embedding bench-chunking clean
+.PHONY: install demo test test-slow dev bench bench-pipeline bench-refresh bench-churn bench-write-cost bench-freshness bench-serving bench-embedding bench-chunking bench-refresh-cost clean
 
 # torch first, pinned: on these machines 2.13.0 is a local CPU wheel; an unpinned torch would pull
 # several GB of CUDA packages. Then the lock file, then the project itself (editable, no deps).
@@ -25,15 +25,15 @@ install: $(STAMP)
 
 # The instance storage is created here, once: a first `dagster dev` would otherwise have its daemon
 # and code server race to create the same SQLite files.
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+$(DAGSTER_HOME)/dagster.yaml: pipelines/dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $@
+	cp pipelines/dagster.yaml $@
 	$(BIN)/dagster instance migrate > /dev/null
 
-# Materialize every asset of the spec through Dagster (rows, embeddings, commit log, snapshot),
+# Build every dataset of the spec through Dagster (each one's refresh job, then its snapshot job),
 # then query the index.
 demo: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster asset materialize -m quiver.pipelines.definitions --select '*'
+	$(BIN)/python -m quiver refresh
 	$(BIN)/python -m quiver status
 	$(BIN)/python -m quiver.pipelines.demo
 
@@ -99,6 +99,13 @@ bench-embedding: install
 # BENCH_CHUNK_CONFIGS; about 10 to 14 minutes on two shared cores).
 bench-chunking: install
 	$(BIN)/python tests/benchmarks/bench_chunking.py
+
+# What a refresh costs against a plain sentence-transformers script, as a user runs both: first
+# build (cold and warm export cache), a refresh with no change, the embeddings step against the
+# backend, resume after SIGKILL, peak RSS at 10k/100k/1M rows (BENCH_ROWS, BENCH_RSS_ROWS=10000,100000
+# for a quicker run; about 10 minutes on two shared cores).
+bench-refresh-cost: install
+	$(BIN)/python tests/benchmarks/bench_refresh_cost.py
 
 clean:
 	rm -rf $(QUIVER_HOME) .pytest_cache .hypothesis

@@ -8,8 +8,8 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from quiver.resources import health, warehouse
-from quiver.resources.dagster_resources import WRITER_POOL, EmbedderResource, key, open_connection, tags
-from quiver.resources.embed_refresh import RefreshResult, refresh_embeddings
+from quiver.resources.dagster_resources import WRITER_POOL, EmbedderResource, key, mark_run, open_connection, tags
+from quiver.resources.embed_refresh import BATCH_ROWS, RefreshResult, refresh_embeddings
 from quiver.resources.embedding.chunking import ChunkSettings
 from quiver.resources.embedding.progress import ProgressLog
 from quiver.resources.spec import DatasetSpec
@@ -58,12 +58,16 @@ def embeddings_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, config: EmbeddingsConfig, duckdb: DuckDBResource, embedder: EmbedderResource
     ) -> dg.MaterializeResult:
         started = time.perf_counter()
-        log_line = ProgressLog(lambda line: context.log.info("%s: %s", spec.name, line))
+        mark_run(context)  # a writer: if its process is killed, the slot it holds can be freed
+        log_line = ProgressLog(lambda line: context.log.info("%s: %s", spec.name, line), every=2.0)  # about a line a batch
 
         def load_model():
             model = embedder.get(model_name)
             context.log.info("%s: embedding with %s (%s, %d threads)", spec.name, model.model, model.backend, model.threads)
             return model
+
+        def planned(plan: warehouse.ChangePlan) -> None:
+            context.log.info("%s: %s", spec.name, warehouse.describe_plan(plan, BATCH_ROWS))
 
         result = refresh_embeddings(
             lambda: open_connection(duckdb),
@@ -74,6 +78,7 @@ def embeddings_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             full_rebuild=config.full_rebuild,
             progress=log_line,
             rebuild_fix=rebuild_fix(spec),
+            planned=planned,
         )
         plan = result.plan
         if plan.skipped_empty:
@@ -93,7 +98,7 @@ def embeddings_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         summary = warehouse.describe_refresh(plan, result.committed)
         context.log.info("%s: %s", spec.name, summary)
         metadata = _metadata(result, counts, time.perf_counter() - started, summary)
-        metadata |= _observed(spec, plan, counts[1], dim, duckdb)
+        metadata |= _observed(spec, result, counts[1], dim, duckdb)
         return dg.MaterializeResult(metadata=metadata)
 
     return embeddings
@@ -131,11 +136,11 @@ def _metadata(result: RefreshResult, counts: tuple[int, int], seconds: float, su
     }
 
 
-def _observed(spec: DatasetSpec, plan: warehouse.ChangePlan, vector_count: int, dim: int, duckdb: DuckDBResource) -> dict:
+def _observed(spec: DatasetSpec, result: RefreshResult, vector_count: int, dim: int, duckdb: DuckDBResource) -> dict:
     """Bytes on disk against the raw vectors, and a five-row preview of what this refresh changed."""
     return {
         "vector_dim": dg.MetadataValue.int(dim),
         "raw_vector_bytes": dg.MetadataValue.int(health.raw_vector_bytes(vector_count, dim)),
         "duckdb_file_bytes": dg.MetadataValue.int(health.duckdb_bytes(duckdb.database)),
-        "preview": dg.MetadataValue.md(health.change_preview_md(plan, spec.primary_key)),
+        "preview": dg.MetadataValue.md(health.change_preview_md(result.plan, spec.primary_key, result.sample)),
     }

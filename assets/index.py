@@ -8,7 +8,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from quiver.resources import health, warehouse
-from quiver.resources.dagster_resources import WRITER_POOL, IndexResource, key, open_connection, tags
+from quiver.resources.dagster_resources import WRITER_POOL, IndexResource, key, mark_run, open_connection, tags
 from quiver.resources.index import CorruptFileError, read_stats
 from quiver.resources.log_sync import sync_log
 from quiver.resources.spec import DatasetSpec
@@ -42,6 +42,7 @@ def index_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         context: dg.AssetExecutionContext, config: IndexConfig, duckdb: DuckDBResource, index_store: IndexResource
     ) -> dg.MaterializeResult:
         started = time.perf_counter()
+        mark_run(context)  # a writer: if its process is killed, the slot it holds can be freed
         with open_connection(duckdb) as conn:
             dim = warehouse.vector_dim(conn, table)
             rebuilt_from = warehouse.last_rebuild_seq(conn, table)

@@ -6,7 +6,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from quiver.resources import health, warehouse
-from quiver.resources.dagster_resources import WRITER_POOL, key, open_connection, tags
+from quiver.resources.dagster_resources import WRITER_POOL, key, mark_run, open_connection, tags
 from quiver.resources.spec import DatasetSpec
 from quiver.resources.warehouse import layout_for
 
@@ -26,6 +26,7 @@ def rows_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     )
     def rows(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
         started = time.perf_counter()
+        mark_run(context)  # a writer: if its process is killed, the slot it holds can be freed
         files = warehouse.resolve_source_files(spec.name, spec.source_path)
         with open_connection(duckdb) as conn:
             loaded = warehouse.load_source(conn, table, files, time_column=spec.time_column)

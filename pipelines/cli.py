@@ -3,8 +3,9 @@
     python -m quiver search DATASET "text" [--k 10] [--columns a,b] [--where SQL] [--ef-search N] [--chunks] [--json]
     python -m quiver status [DATASET] [--json]
     python -m quiver serve [--host 127.0.0.1] [--port 8000]   (HTTP, see quiver.pipelines.http_api)
+    python -m quiver refresh [DATASET ...] [--no-snapshot]    (the refresh jobs, through Dagster: quiver.pipelines.runner)
 
-Materializing goes through Dagster itself (``dagster asset materialize -m quiver.pipelines.definitions``).
+``refresh`` loads Dagster; the other commands never do (``runner`` is a lazy module attribute).
 Errors print one line to stderr and exit 2.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import pyarrow as pa
@@ -41,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="snapshot, log and file counts per dataset")
     st.add_argument("dataset", nargs="?")
     st.add_argument("--json", action="store_true")
+    rf = sub.add_parser("refresh", help="embed what changed (each dataset's refresh job), then snapshot when due")
+    rf.add_argument("datasets", nargs="*", help="default: every dataset of the spec")
+    rf.add_argument("--no-snapshot", action="store_true", help="leave folding the log to the snapshot sensor")
     sv = sub.add_parser("serve", help="HTTP search API (Spice's POST /v1/search)")
     sv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     sv.add_argument("--port", type=int, default=8000)
@@ -112,14 +117,38 @@ def _status(args) -> int:
     return 0
 
 
+def _refresh(args) -> int:
+    runner = sys.modules[__name__].runner  # loads Dagster and the definitions (see the module doc)
+    spec = load_spec()
+    datasets = args.datasets or list(spec.names)
+    for name in datasets:
+        spec.get(name)  # an unknown name fails here, before anything runs
+    home = runner.instance_home()
+    os.environ["DAGSTER_HOME"] = str(home)
+    with runner.dg.DagsterInstance.get() as instance:
+        runner.refresh(spec, datasets, instance, snapshot=not args.no_snapshot)
+    return 0
+
+
+def __getattr__(name: str):
+    """``runner``, imported on first use: only ``refresh`` needs Dagster (about a second to import)."""
+    if name == "runner":
+        from quiver.pipelines import runner
+
+        return runner
+    raise AttributeError(name)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "refresh":
+            return _refresh(args)
         return _search(args) if args.command == "search" else _status(args)
-    except (SpecError, ValueError, KeyError, FileNotFoundError) as error:
+    except (SpecError, ValueError, KeyError, FileNotFoundError, RuntimeError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return 2

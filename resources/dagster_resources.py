@@ -11,6 +11,8 @@ apply (``warehouse.writer_settings``: small commits stay in the WAL, vectors are
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -145,3 +147,49 @@ def source_spec(spec: DatasetSpec) -> dg.AssetSpec:
         tags=tags(spec),
         metadata={"path": dg.MetadataValue.path(str(spec.source_path))},
     )
+
+
+# -- runs killed before they ended ----------------------------------------------------------------
+# A run whose process is SIGKILLed never ends in the instance and keeps the writer pool's one slot,
+# so every later writer would wait for it forever. Each writer step tags its run with its host and
+# pid (``mark_run``); ``reap_dead_runs`` (``python -m quiver refresh``, the source sensor) marks a
+# run of this host whose process is gone as failed and frees its slots.
+HOST_TAG, PID_TAG = "quiver/host", "quiver/pid"
+UNFINISHED = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.CANCELING]
+
+
+def mark_run(context: dg.AssetExecutionContext) -> None:
+    """Tag the run with the host and pid that run it (the in-process executor: the run's own)."""
+    tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    if any(context.run.tags.get(k) != v for k, v in tags.items()):
+        context.instance.add_run_tags(context.run_id, tags)
+
+
+def reap_dead_runs(instance: dg.DagsterInstance, host: str | None = None) -> list[str]:
+    """Runs of ``host`` (default: this one) that never ended and whose process is gone: marked
+    failed, their concurrency slots freed. Returns their run ids. Runs of other hosts, and runs
+    without the tags, are left alone: their process cannot be checked from here."""
+    host = host or socket.gethostname()
+    reaped = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED, tags={HOST_TAG: host})):
+        pid = int(run.tags.get(PID_TAG, "0") or 0)
+        if pid <= 0 or _alive(pid):
+            continue
+        instance.report_run_failed(
+            run,
+            f"process {pid} on {host} is gone (killed?) and never ended this run; quiver marked it failed "
+            "and freed its writer-pool slot, so the next run can start",
+        )
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        reaped.append(run.run_id)
+    return reaped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from quiver.resources.dagster_resources import reap_dead_runs
 from quiver.resources.index.manifest import manifest_path
 from quiver.resources.spec import DatasetSpec
 from quiver.resources.warehouse import SourceNotFoundError
@@ -55,6 +56,9 @@ def source_sensor(spec: DatasetSpec, home: Path, job) -> dg.SensorDefinition:
         "added, changed or removed. Reads file sizes and times, and hashes only files that changed.",
     )
     def _sensor(context: dg.SensorEvaluationContext):
+        if context.instance_ref is not None:  # (a test's bare context has no instance)
+            for run_id in reap_dead_runs(context.instance):  # else the refresh it requests waits forever
+                context.log.warning("run %s: its process is gone (killed?); marked it failed, freed its writer slot", run_id)
         generation, before = _read_cursor(context.cursor)
         try:
             now = scan(spec.name, spec.source_path, before)

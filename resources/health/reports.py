@@ -77,30 +77,28 @@ def segment_summary(path: Path, limit: int = 5) -> SegmentSummary:
     return SegmentSummary(upserts=len(ops) - deletes, deletes=deletes, preview=preview)
 
 
-def change_preview(plan: ChangePlan, primary_key: str, limit: int = 5, width: int = 60) -> pa.Table:
+def change_preview(
+    plan: ChangePlan, primary_key: str, embedded: pa.Table | None = None, limit: int = 5, width: int = 60
+) -> pa.Table:
     """Up to ``limit`` rows of what a refresh changes: embedded (new or changed text), served
-    columns only, deleted; with the primary key and the embedded text."""
+    columns only, deleted; with the primary key, and the embedded text where ``embedded`` (the
+    first rows embedded: primary key and ``_text``) has it."""
+    texts = dict(zip(embedded.column(primary_key).to_pylist(), embedded.column(TEXT).to_pylist())) if embedded else {}
     rows: list[dict] = []
     parts = (
-        ("embedded", plan.to_embed, TEXT),
-        ("served columns only", plan.served_only, None),
-        ("deleted", plan.deleted, None),
+        ("embedded", plan.to_embed, True),
+        ("served columns only", plan.served_only, False),
+        ("deleted", plan.deleted, False),
     )
-    for change, table, text in parts:
-        for record in table.slice(0, limit - len(rows)).to_pylist():
-            rows.append(
-                {
-                    "change": change,
-                    primary_key: record[primary_key],
-                    "text": short_text(record.get(text), width) if text else "",
-                }
-            )
+    for change, table, has_text in parts:
+        for key in table.column(primary_key).slice(0, max(0, limit - len(rows))).to_pylist():
+            rows.append({"change": change, primary_key: key, "text": short_text(texts.get(key, ""), width) if has_text else ""})
     return pa.Table.from_pylist(rows) if rows else pa.table({"change": [], primary_key: [], "text": []})
 
 
-def change_preview_md(plan: ChangePlan, primary_key: str, limit: int = 5) -> str:
+def change_preview_md(plan: ChangePlan, primary_key: str, embedded: pa.Table | None = None, limit: int = 5) -> str:
     """``change_preview`` as markdown, with how many more changes there are."""
     total = plan.to_embed.num_rows + plan.served_only.num_rows + plan.deleted.num_rows
     if total == 0:
         return "_no change_"
-    return preview_md(change_preview(plan, primary_key, limit), limit, total=total)
+    return preview_md(change_preview(plan, primary_key, embedded, limit), limit, total=total)

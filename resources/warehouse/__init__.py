@@ -7,10 +7,12 @@ for the sensor. The names below are the ones the Dagster layer and the tests use
 
 from quiver.resources.warehouse.changes import (
     REBUILD_FIX,
+    ROWID,
     ChangePlan,
     CommitResult,
     changes_after,
     commit_changes,
+    describe_plan,
     describe_refresh,
     embedded_count,
     embedded_rows,
@@ -18,6 +20,7 @@ from quiver.resources.warehouse.changes import (
     last_rebuild_seq,
     last_seq,
     plan_changes,
+    read_rows,
     require_dimension,
     vector_dim,
 )
@@ -43,10 +46,10 @@ from quiver.resources.warehouse.layout import (
 from quiver.resources.warehouse.source import LoadResult, load_source, resolve_source_files
 
 __all__ = [
-    "CONTENT_HASH", "INTERNAL", "KEY", "OP", "REBUILD_FIX", "SEQ", "SERVED_HASH", "TEXT", "VECTOR",
+    "CONTENT_HASH", "INTERNAL", "KEY", "OP", "REBUILD_FIX", "ROWID", "SEQ", "SERVED_HASH", "TEXT", "VECTOR",
     "ChangePlan", "CommitResult", "ConcurrentWriteError", "DimensionMismatchError", "LoadResult",
     "SourceNotFoundError", "TableLayout", "WarehouseError", "changes_after", "commit_changes",
-    "describe_refresh", "embedded_count", "embedded_rows", "embedded_state", "last_rebuild_seq", "last_seq", "layout_for",
-    "load_source", "plan_changes", "q", "require_dimension", "resolve_source_files", "table_exists",
+    "describe_plan", "describe_refresh", "embedded_count", "embedded_rows", "embedded_state", "last_rebuild_seq", "last_seq", "layout_for",
+    "load_source", "plan_changes", "q", "read_rows", "require_dimension", "resolve_source_files", "table_exists",
     "vector_dim", "writer_settings",
 ]

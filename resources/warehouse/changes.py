@@ -33,17 +33,22 @@ from quiver.resources.warehouse.layout import (
     table_exists,
 )
 
+ROWID = "_rowid"  # a row's place in <ds>_rows, carried by plans to read their rows back cheaply
 REBUILD_FIX = "ask for a full rebuild: run the embeddings asset with the run config `full_rebuild: true`"
 
 
 @dataclass
 class ChangePlan:
-    """What one refresh must change, decided under a connection, applied under another."""
+    """What one refresh must change, decided under a connection, applied under others.
+
+    The plan holds keys, not rows: ``read_rows`` fetches a batch's text and served columns when it
+    is embedded, so a refresh holds one batch of text at a time, whatever the table's size.
+    """
 
     base_seq: int  # the last seq when planned; commit refuses if it moved
     served: tuple[str, ...]
-    to_embed: pa.Table  # pk, _text, _content_hash, _served_hash, served columns
-    served_only: pa.Table  # pk, _content_hash, _served_hash, served columns (vector kept)
+    to_embed: pa.Table  # pk, _rowid: rows whose text is new or changed, in <ds>_rows order
+    served_only: pa.Table  # pk, _rowid: rows whose served columns alone changed (vectors kept), same order
     deleted: pa.Table  # pk
     model: str = ""  # the model identity hashed into every content hash
     vector_dim: int | None = None  # the embedded table's dimension when planned; None before the first
@@ -82,51 +87,41 @@ def plan_changes(
     """Diff ``<ds>_rows`` against ``<ds>_embeddings`` by primary key and content hash.
 
     ``full_rebuild``: every row with text is embedded again (rows embedded before count as
-    changed, in either refresh mode) and the commit replaces the embedded state whole.
+    changed, in either refresh mode) and the commit replaces the embedded state whole. The plan
+    holds keys and rowids only (about 16 bytes a row); the hashes stay in DuckDB.
     """
     if not table_exists(conn, layout.rows):
         raise WarehouseError(f"dataset {layout.dataset!r}: table {layout.rows} does not exist; materialize the rows asset first")
     pk = q(layout.primary_key)
-    served = tuple(c for c in (layout.served_columns or columns_of(conn, layout.rows)) if c != layout.primary_key)
-    # A blank column contributes nothing (no dangling separator); all blank means no text.
-    texts = [f"CASE WHEN {_blank(q(c))} THEN NULL ELSE {q(c)} END" for c in layout.text_columns]
-    text_expr = texts[0] if len(texts) == 1 else f"concat_ws($separator, {', '.join(texts)})"
-    params = {"model": model_identity} | ({"separator": layout.separator} if len(texts) > 1 else {})
-    served_list = ", ".join(q(c) for c in served)
-    served_hash = f"md5(CAST(struct_pack({served_list}) AS VARCHAR))" if served else "md5('')"
-    conn.execute(  # named parameters: the model and the separator must never swap places
-        f"""CREATE OR REPLACE TEMP TABLE _src AS
-            SELECT {pk}, t.{TEXT}, md5($model || chr(0) || t.{TEXT}) AS {CONTENT_HASH}, {served_hash} AS {SERVED_HASH}
-                   {', ' + served_list if served else ''}
-            FROM (SELECT *, {text_expr} AS {TEXT} FROM {layout.rows}) t""",
-        params,
-    )
-    skipped = conn.execute(f"SELECT {pk} FROM _src WHERE {TEXT} IS NULL OR {_blank(TEXT)} ORDER BY 1").fetchall()
-    conn.execute(f"DELETE FROM _src WHERE {TEXT} IS NULL OR {_blank(TEXT)}")
+    served = served_columns(conn, layout)
+    select, params = _row_select(layout, served, model=model_identity, hashes_only=True)
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE _src AS {select}", params)
+    skipped = conn.execute(f"SELECT count(*) FROM _src WHERE {CONTENT_HASH} IS NULL").fetchone()[0]
+    examples = conn.execute(f"SELECT {pk} FROM _src WHERE {CONTENT_HASH} IS NULL ORDER BY 1 LIMIT 5").fetchall()
+    conn.execute(f"DELETE FROM _src WHERE {CONTENT_HASH} IS NULL")
     rows_read = conn.execute(f"SELECT count(*) FROM {layout.rows}").fetchone()[0]
-    served_cols = f", {served_list}" if served else ""
     if table_exists(conn, layout.embeddings):
         emb = layout.embeddings  # one row per chunk; the hashes are per row, the same on every chunk
         if CHUNK in columns_of(conn, emb):  # (a table from before chunking has one per row already)
             emb = f"(SELECT * FROM {emb} WHERE {CHUNK} = 0)"
-        hashes_and_served = f"s.{CONTENT_HASH}, s.{SERVED_HASH}" + "".join(f", s.{q(c)}" for c in served)
         stale = "" if full_rebuild else f"WHERE e.{KEY} IS NULL OR s.{CONTENT_HASH} <> e.{CONTENT_HASH}"
         to_embed = _arrow(
             conn,
-            f"SELECT s.{pk}, s.{TEXT}, {hashes_and_served}, e.{KEY} IS NULL AS _is_new FROM _src s LEFT JOIN {emb} e ON s.{pk} = e.{pk} {stale}",
+            f"SELECT s.{pk}, s.{ROWID}, e.{KEY} IS NULL AS _is_new FROM _src s LEFT JOIN {emb} e ON s.{pk} = e.{pk} "
+            f"{stale} ORDER BY s.{ROWID}",
         )
         served_only = None if full_rebuild else _arrow(
             conn,
-            f"SELECT s.{pk}, {hashes_and_served} FROM _src s JOIN {emb} e ON s.{pk} = e.{pk} "
-            f"WHERE s.{CONTENT_HASH} = e.{CONTENT_HASH} AND s.{SERVED_HASH} <> e.{SERVED_HASH}",
+            f"SELECT s.{pk}, s.{ROWID} FROM _src s JOIN {emb} e ON s.{pk} = e.{pk} "
+            f"WHERE s.{CONTENT_HASH} = e.{CONTENT_HASH} AND s.{SERVED_HASH} <> e.{SERVED_HASH} ORDER BY s.{ROWID}",
         )
         deleted = _arrow(conn, f"SELECT {pk} FROM {emb} WHERE {pk} NOT IN (SELECT {pk} FROM _src)")
     else:
-        to_embed = _arrow(conn, f"SELECT {pk}, {TEXT}, {CONTENT_HASH}, {SERVED_HASH}{served_cols}, true AS _is_new FROM _src")
+        to_embed = _arrow(conn, f"SELECT {pk}, {ROWID}, true AS _is_new FROM _src ORDER BY {ROWID}")
         served_only = None
         deleted = to_embed.select([layout.primary_key]).slice(0, 0)
     if served_only is None:  # nothing embedded yet, or a rebuild embeds every row anyway
-        served_only = to_embed.select([layout.primary_key, CONTENT_HASH, SERVED_HASH, *served]).slice(0, 0)
+        served_only = to_embed.select([layout.primary_key, ROWID]).slice(0, 0)
     conn.execute("DROP TABLE _src")
     new = int(np.sum(to_embed.column("_is_new").to_numpy(zero_copy_only=False))) if to_embed.num_rows else 0
     if layout.refresh_mode == "append" and not full_rebuild:  # append: known keys are never touched, nothing leaves
@@ -144,10 +139,65 @@ def plan_changes(
         rows_read=rows_read,
         new=new,
         changed=to_embed.num_rows - new,
-        unchanged=rows_read - len(skipped) - to_embed.num_rows - served_only.num_rows,
-        skipped_empty=len(skipped),
-        skipped_examples=[row[0] for row in skipped[:5]],
+        unchanged=rows_read - skipped - to_embed.num_rows - served_only.num_rows,
+        skipped_empty=skipped,
+        skipped_examples=[row[0] for row in examples],
     )
+
+
+def served_columns(conn: duckdb.DuckDBPyConnection, layout: TableLayout) -> tuple[str, ...]:
+    """The columns served beside each vector: the spec's, else every column of ``<ds>_rows``."""
+    return tuple(c for c in (layout.served_columns or columns_of(conn, layout.rows)) if c != layout.primary_key)
+
+
+def read_rows(conn: duckdb.DuckDBPyConnection, layout: TableLayout, plan: ChangePlan, keys: pa.Table) -> pa.Table:
+    """The rows of ``keys`` (a slice of ``plan.to_embed`` or ``plan.served_only``) as they are now:
+    primary key, embedded text, content and served hashes, served columns; in table order.
+
+    The rowids bound the scan to the row groups that hold the batch (one batch of a million-row
+    table reads a few row groups, not the table). A row that left ``<ds>_rows`` since the plan, or
+    whose text became empty, is not returned: the next refresh deletes it. The hash is computed
+    from the text returned, so what is embedded and what is recorded as embedded always agree.
+    """
+    if keys.num_rows == 0:
+        select, params = _row_select(layout, plan.served, model=plan.model)
+        return _arrow(conn, f"{select} LIMIT 0", params)
+    rowids = keys.column(ROWID)
+    low, high = pa.compute.min(rowids).as_py(), pa.compute.max(rowids).as_py()
+    where = f"rowid BETWEEN {int(low)} AND {int(high)} AND {q(layout.primary_key)} IN (SELECT {q(layout.primary_key)} FROM _wanted)"
+    select, params = _row_select(layout, plan.served, model=plan.model, where=where)
+    conn.register("_wanted", keys.select([layout.primary_key]))
+    try:
+        rows = _arrow(conn, f"SELECT * FROM ({select}) WHERE {CONTENT_HASH} IS NOT NULL ORDER BY {ROWID}", params)
+    finally:
+        conn.unregister("_wanted")
+    return rows.drop_columns([ROWID])
+
+
+def _row_select(
+    layout: TableLayout, served: tuple[str, ...], model: str = "", hashes_only: bool = False, where: str = ""
+) -> tuple[str, dict]:
+    """SQL over ``<ds>_rows``: primary key, rowid, the embedded text, its content hash (NULL when
+    the text is empty: nothing to embed), the served hash and the served columns. ``hashes_only``
+    leaves the text and the served columns out (the plan's pass over the whole table).
+
+    The text is the embedded columns joined by the separator; a blank column contributes nothing
+    (no dangling separator), all blank means no text. Named parameters: the model and the separator
+    must never swap places.
+    """
+    texts = [f"CASE WHEN {_blank(q(c))} THEN NULL ELSE {q(c)} END" for c in layout.text_columns]
+    text_expr = texts[0] if len(texts) == 1 else f"concat_ws($separator, {', '.join(texts)})"
+    params = {"model": model} | ({"separator": layout.separator} if len(texts) > 1 else {})
+    served_list = ", ".join(q(c) for c in served)
+    served_hash = f"md5(CAST(struct_pack({served_list}) AS VARCHAR))" if served else "md5('')"
+    content_hash = f"CASE WHEN {TEXT} IS NULL OR {_blank(TEXT)} THEN NULL ELSE md5($model || chr(0) || {TEXT}) END"
+    text_and_served = "" if hashes_only else f", {TEXT}" + "".join(f", {q(c)}" for c in served)
+    sql = (
+        f"SELECT {q(layout.primary_key)}, {ROWID}, {content_hash} AS {CONTENT_HASH}, {served_hash} AS {SERVED_HASH}"
+        f"{text_and_served} FROM (SELECT rowid AS {ROWID}, *, {text_expr} AS {TEXT} FROM {layout.rows}"
+        f"{' WHERE ' + where if where else ''})"
+    )
+    return sql, params
 
 
 def _blank(expression: str) -> str:
@@ -173,10 +223,24 @@ def _dimension_message(layout: TableLayout, model: str, got: int, held: int, fix
     )
 
 
+def describe_plan(plan: ChangePlan, batch_rows: int) -> str:
+    """One line for people, before the work: what is already embedded and what is left to do. A
+    rerun after a killed refresh says here how much the killed run had committed."""
+    if plan.is_empty:
+        return f"nothing changed: {plan.unchanged:,} of {plan.rows_read:,} rows already embedded"
+    todo = plan.to_embed.num_rows
+    batches = 1 if plan.rebuild else -(-todo // batch_rows)
+    line = "full rebuild: embedding" if plan.rebuild else f"{plan.unchanged:,} of {plan.rows_read:,} rows already embedded; embedding"
+    line += f" {todo:,} rows ({plan.new:,} new, {plan.changed:,} changed) in {batches:,} batch{'es' if batches != 1 else ''}"
+    if plan.served_only.num_rows or plan.deleted.num_rows:
+        line += f"; {plan.served_only.num_rows:,} with new served columns only, {plan.deleted.num_rows:,} deleted"
+    return line
+
+
 def describe_refresh(plan: ChangePlan, committed: CommitResult | None) -> str:
     """One line for people: what the refresh found and what it committed."""
     if committed is None:
-        return f"no change: {plan.rows_read} rows read, {plan.unchanged} unchanged, {plan.skipped_empty} skipped (empty text); nothing committed"
+        return f"nothing changed: {plan.rows_read} rows read, {plan.unchanged} unchanged, {plan.skipped_empty} skipped (empty text); nothing committed"
     kind = "full rebuild" if plan.rebuild else "refresh"
     return (
         f"{kind}: {plan.rows_read} rows read; {plan.new} new, {plan.changed} changed, "
@@ -198,14 +262,14 @@ class CommitResult:
     deleted: int
 
 
-def whole_texts(plan: ChangePlan, primary_key: str) -> pa.Table:
-    """One chunk per row to embed, its whole text: the chunks when nothing is split."""
-    lengths = pa.compute.utf8_length(plan.to_embed.column(TEXT)).cast(pa.int32())
+def whole_texts(rows: pa.Table, primary_key: str) -> pa.Table:
+    """One chunk per row (``read_rows``' output), its whole text: the chunks when nothing is split."""
+    lengths = pa.compute.utf8_length(rows.column(TEXT)).cast(pa.int32())
     return pa.table(
         {
-            primary_key: plan.to_embed.column(primary_key),
-            CHUNK: pa.array(np.zeros(plan.to_embed.num_rows, np.int32)),
-            CHUNK_START: pa.array(np.zeros(plan.to_embed.num_rows, np.int32)),
+            primary_key: rows.column(primary_key),
+            CHUNK: pa.array(np.zeros(rows.num_rows, np.int32)),
+            CHUNK_START: pa.array(np.zeros(rows.num_rows, np.int32)),
             CHUNK_END: lengths,
         }
     )
@@ -215,13 +279,18 @@ def commit_changes(
     conn: duckdb.DuckDBPyConnection,
     layout: TableLayout,
     plan: ChangePlan,
+    rows: pa.Table,
     vectors: np.ndarray,
     chunks: pa.Table | None = None,
 ) -> CommitResult | None:
-    """Apply a plan and its change records in one DuckDB transaction (I1). None if no change.
+    """Apply a plan (or a batch of one) and its change records in one DuckDB transaction (I1).
+    None if no change.
 
-    ``chunks``: the primary key, ``_chunk``, ``_chunk_start`` and ``_chunk_end`` of every chunk of
-    the rows to embed, one per row of ``vectors`` (default: each row whole, ``whole_texts``). A
+    ``rows``: what ``read_rows`` returned for ``plan.to_embed`` and was embedded; its hashes are
+    recorded. ``chunks``: the primary key, ``_chunk``, ``_chunk_start`` and ``_chunk_end`` of every
+    chunk of ``rows``, one per row of ``vectors`` (default: each row whole, ``whole_texts``). Rows
+    in ``plan.served_only`` are read here, and only those whose text is still the one embedded get
+    their new served columns (a text changed since the plan waits for the next refresh). A
     row's chunks are replaced whole: chunks it no longer has get a delete record in this same
     transaction, and a row that left takes all its chunks with it.
 
@@ -234,10 +303,10 @@ def commit_changes(
         return None
     pk = layout.primary_key
     dim = vectors.shape[1] if len(vectors) else plan.vector_dim
-    chunks = whole_texts(plan, pk) if chunks is None else chunks.select([pk, *CHUNK_COLUMNS])
+    chunks = whole_texts(rows, pk) if chunks is None else chunks.select([pk, *CHUNK_COLUMNS])
     if chunks.num_rows != len(vectors):
         raise ValueError(f"dataset {layout.dataset!r}: {chunks.num_rows} chunks but {len(vectors)} vectors")
-    incoming = plan.to_embed.drop_columns([TEXT])
+    incoming = rows.drop_columns([TEXT])
     conn.execute("BEGIN")
     try:
         if last_seq(conn, layout) != plan.base_seq:
@@ -246,7 +315,7 @@ def commit_changes(
             )
         p = q(pk)
         conn.register("_incoming", incoming)
-        conn.register("_served_only", plan.served_only)
+        conn.register("_served_only", read_rows(conn, layout, plan, plan.served_only).drop_columns([TEXT]))
         conn.register("_deleted", plan.deleted)
         _add_chunk_columns(conn, layout)
         touched = f"SELECT {p} FROM _deleted UNION ALL SELECT {p} FROM _incoming"
@@ -271,7 +340,7 @@ def commit_changes(
                 FROM _incoming s JOIN _chunks c USING ({p})
                 UNION ALL BY NAME
                 SELECT s.{p}, s.{CONTENT_HASH}, s.{SERVED_HASH}{''.join(f', e.{c}' for c in CHUNK_COLUMNS)}, e.{VECTOR}{served_sel}
-                FROM _served_only s JOIN {layout.embeddings} e USING ({p})"""
+                FROM _served_only s JOIN {layout.embeddings} e USING ({p}) WHERE s.{CONTENT_HASH} = e.{CONTENT_HASH}"""
         )
         conn.execute(  # chunks the rows had and no longer have, and every chunk of a row that left
             f"CREATE OR REPLACE TEMP TABLE _gone AS SELECT {p}, {CHUNK} FROM _before "

@@ -49,7 +49,7 @@ class Daemon:
     # -- life ---------------------------------------------------------------------------------
     def start(self) -> None:
         self.dagster_home.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / "dagster.yaml", self.dagster_home / "dagster.yaml")  # the shipped instance config
+        shutil.copy(ROOT / "pipelines" / "dagster.yaml", self.dagster_home / "dagster.yaml")  # the shipped instance config
         # Create the storage before the daemon and its code server both race to create it on
         # first start (two alembic stamps in one fresh SQLite file fail both): `make dev` does the
         # same with `dagster instance migrate`.

@@ -316,7 +316,7 @@ def test_refresh_without_change_commits_nothing_and_is_idempotent(project):
 
     meta = project.refresh(new=0, changed=0, served_only_changed=0, unchanged=40, deleted=0, embedded=0)
     assert (meta["committed"], meta["seq_last"], meta["embedding_rows_per_second"]) == (False, first["seq_last"], 0.0)
-    assert meta["summary"].startswith("no change: 40 rows read, 40 unchanged")
+    assert meta["summary"].startswith("nothing changed: 40 rows read, 40 unchanged")
     assert metadata_of(project.last_result, [DS, "index"])["records"] == 0
     assert _tables(project) == tables
     assert _index_files(project.home / DS) == files  # the same files, byte for byte

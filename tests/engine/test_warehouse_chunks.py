@@ -21,7 +21,8 @@ def refresh(conn, tmp_path, texts: dict[int, str], pieces: dict[int, int]) -> wa
     pq.write_table(pa.table({"id": list(texts), "text": list(texts.values())}), path)
     warehouse.load_source(conn, LAYOUT, [str(path)])
     plan = warehouse.plan_changes(conn, LAYOUT, "model")
-    ids = plan.to_embed.column("id").to_pylist()
+    rows = warehouse.read_rows(conn, LAYOUT, plan, plan.to_embed)
+    ids = rows.column("id").to_pylist()
     owners = [i for i in ids for _ in range(pieces[i])]
     numbers = [n for i in ids for n in range(pieces[i])]
     chunks = pa.table(
@@ -33,7 +34,7 @@ def refresh(conn, tmp_path, texts: dict[int, str], pieces: dict[int, int]) -> wa
         }
     )
     vectors = np.random.default_rng(len(owners)).normal(size=(len(owners), DIM)).astype(np.float32)
-    return warehouse.commit_changes(conn, LAYOUT, plan, vectors, chunks)
+    return warehouse.commit_changes(conn, LAYOUT, plan, rows, vectors, chunks)
 
 
 def keys_of(conn) -> dict[tuple[int, int], int]:

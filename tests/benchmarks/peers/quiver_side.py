@@ -91,11 +91,12 @@ class QuiverSide:
         def embeddings_asset():
             with self.connection() as conn:
                 plan = warehouse.plan_changes(conn, LAYOUT, self.corpus.model)
-            wanted = plan.to_embed.column("pk").to_numpy()
+                embedded = warehouse.read_rows(conn, LAYOUT, plan, plan.to_embed)
+            wanted = embedded.column("pk").to_numpy()
             order = np.argsort(rows.pks)
             vectors = rows.vectors[order[np.searchsorted(rows.pks, wanted, sorter=order)]]
             with self.connection() as conn:
-                committed = warehouse.commit_changes(conn, LAYOUT, plan, vectors)
+                committed = warehouse.commit_changes(conn, LAYOUT, plan, embedded, vectors)
             counts.update(embedded=len(wanted), deleted=plan.deleted.num_rows, committed=committed is not None)
 
         _, rows_cost = measured(rows_asset)
