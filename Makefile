@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(QUIVER_HOME)/dagster
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install demo test test-slow dev bench bench-pipeline bench-refresh bench-churn bench-write-cost bench-freshness bench-serving bench-embedding bench-chunking bench-refresh-cost clean
+.PHONY: install demo test test-slow dev bench bench-pipeline bench-refresh bench-churn bench-write-cost bench-freshness bench-serving bench-embedding bench-chunking bench-refresh-cost bench-hybrid clean
 
 # torch first, pinned: on these machines 2.13.0 is a local CPU wheel; an unpinned torch would pull
 # several GB of CUDA packages. Then the lock file, then the project itself (editable, no deps).
@@ -106,6 +106,11 @@ bench-chunking: install
 # for a quicker run; about 10 minutes on two shared cores).
 bench-refresh-cost: install
 	$(BIN)/python tests/benchmarks/bench_refresh_cost.py
+
+# Typing a package's name: exact vector search, the full-text index and both fused (RRF) on
+# ../shared/data/debian_packages.parquet (BENCH_HYBRID_ROWS, BENCH_HYBRID_QUERIES).
+bench-hybrid: install
+	$(BIN)/python tests/benchmarks/bench_hybrid.py
 
 clean:
 	rm -rf $(QUIVER_HOME) .pytest_cache .hypothesis
