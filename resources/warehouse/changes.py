@@ -155,7 +155,8 @@ def read_rows(conn: duckdb.DuckDBPyConnection, layout: TableLayout, plan: Change
     primary key, embedded text, content and served hashes, served columns; in table order.
 
     The rowids bound the scan to the row groups that hold the batch (one batch of a million-row
-    table reads a few row groups, not the table). A row that left ``<ds>_rows`` since the plan, or
+    table reads a few row groups, not the table); keys not found there (rowids moved by a
+    checkpoint's vacuum) are looked up in the whole table. A row that left ``<ds>_rows`` since the plan, or
     whose text became empty, is not returned: the next refresh deletes it. The hash is computed
     from the text returned, so what is embedded and what is recorded as embedded always agree.
     """
@@ -164,14 +165,22 @@ def read_rows(conn: duckdb.DuckDBPyConnection, layout: TableLayout, plan: Change
         return _arrow(conn, f"{select} LIMIT 0", params)
     rowids = keys.column(ROWID)
     low, high = pa.compute.min(rowids).as_py(), pa.compute.max(rowids).as_py()
-    where = f"rowid BETWEEN {int(low)} AND {int(high)} AND {q(layout.primary_key)} IN (SELECT {q(layout.primary_key)} FROM _wanted)"
-    select, params = _row_select(layout, plan.served, model=plan.model, where=where)
+    rows = _read_keys(conn, layout, plan, keys, f"rowid BETWEEN {int(low)} AND {int(high)}")
+    if rows.num_rows < keys.num_rows:  # a checkpoint that vacuumed deleted rows moves rowids: look everywhere
+        found = pa.compute.is_in(keys.column(layout.primary_key), value_set=rows.column(layout.primary_key))
+        rest = keys.filter(pa.compute.invert(found))
+        rows = pa.concat_tables([rows, _read_keys(conn, layout, plan, rest, None)])
+    return rows.drop_columns([ROWID])
+
+
+def _read_keys(conn, layout: TableLayout, plan: ChangePlan, keys: pa.Table, bound: str | None) -> pa.Table:
+    in_keys = f"{q(layout.primary_key)} IN (SELECT {q(layout.primary_key)} FROM _wanted)"
+    select, params = _row_select(layout, plan.served, model=plan.model, where=f"{bound} AND {in_keys}" if bound else in_keys)
     conn.register("_wanted", keys.select([layout.primary_key]))
     try:
-        rows = _arrow(conn, f"SELECT * FROM ({select}) WHERE {CONTENT_HASH} IS NOT NULL ORDER BY {ROWID}", params)
+        return _arrow(conn, f"SELECT * FROM ({select}) WHERE {CONTENT_HASH} IS NOT NULL ORDER BY {ROWID}", params)
     finally:
         conn.unregister("_wanted")
-    return rows.drop_columns([ROWID])
 
 
 def _row_select(

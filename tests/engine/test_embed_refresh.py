@@ -173,3 +173,14 @@ def test_a_refresh_that_leaves_a_big_wal_checkpoints_it_and_a_small_one_leaves_i
     refresh(writer, HashModel())
     assert not wal.exists() or wal.stat().st_size == 0, "checkpointed"
     assert len(embedded(writer)) == 50
+
+
+def test_rows_whose_rowids_moved_since_the_plan_are_still_read(db):
+    load(db, {i: (f"text number {i}", "a") for i in range(20)})
+    with db() as conn:
+        plan = warehouse.plan_changes(conn, LAYOUT, MODEL)
+        keys = plan.to_embed.slice(10, 10)  # rows 10..19, their rowids as a vacuum would have moved them
+        moved = keys.set_column(1, warehouse.ROWID, pa.array([0] * keys.num_rows, keys.schema.field(1).type))
+        rows = warehouse.read_rows(conn, LAYOUT, plan, moved)
+    assert sorted(rows.column("id").to_pylist()) == list(range(10, 20))
+    assert rows.column(warehouse.TEXT).to_pylist()[0].startswith("text number")
