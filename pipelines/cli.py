@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 import pyarrow as pa
@@ -123,9 +122,7 @@ def _refresh(args) -> int:
     datasets = args.datasets or list(spec.names)
     for name in datasets:
         spec.get(name)  # an unknown name fails here, before anything runs
-    home = runner.instance_home()
-    os.environ["DAGSTER_HOME"] = str(home)
-    with runner.dg.DagsterInstance.get() as instance:
+    with runner.open_instance() as instance:
         runner.refresh(spec, datasets, instance, snapshot=not args.no_snapshot)
     return 0
 

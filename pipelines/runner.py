@@ -46,11 +46,16 @@ def instance_home(say: Callable[[str], None] = print) -> Path:
     return home
 
 
+def open_instance(say: Callable[[str], None] = print) -> dg.DagsterInstance:
+    """The instance of ``instance_home`` (``DAGSTER_HOME`` is set to it for this process)."""
+    os.environ["DAGSTER_HOME"] = str(instance_home(say))
+    return dg.DagsterInstance.get()
+
+
 @dataclass
 class DatasetRefresh:
     dataset: str
     summary: str  # the embeddings asset's summary line
-    segment_records: int
     snapshot: str  # what the snapshot decision said, and whether the snapshot job ran
 
 
@@ -72,7 +77,6 @@ def refresh(
         dataset = spec.get(name)
         _run(defs, f"{name}_refresh", instance)
         embeddings = _metadata(instance, key(dataset, "embeddings"))
-        index = _metadata(instance, key(dataset, "index"))
         decision = _snapshot_decision(dataset, home)
         line = f"{name}: {embeddings.get('summary', '?')}"
         if snapshot and decision.due:
@@ -81,7 +85,7 @@ def refresh(
         else:
             outcome = f"no snapshot: {decision.reason}"
         say(f"{line}; {outcome}")
-        done.append(DatasetRefresh(name, embeddings.get("summary", ""), int(index.get("records", 0)), outcome))
+        done.append(DatasetRefresh(name, embeddings.get("summary", ""), outcome))
     return done
 
 

@@ -19,28 +19,22 @@ The caller passes ``connect``, a context manager that opens a writer connection 
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from functools import partial
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 
 from quiver.resources import warehouse
 from quiver.resources.embedding.chunking import ChunkingError, ChunkSettings, chunk_rows
 from quiver.resources.faults import kill_point
-from quiver.resources.warehouse.writer_memory import REFRESH_MEMORY_LIMIT, MemoryLimit, checkpoint_a_big_wal
-
-log = logging.getLogger(__name__)
+from quiver.resources.warehouse.writer_memory import REFRESH_MEMORY_LIMIT, Connect, MemoryLimit, checkpoint_a_big_wal
 
 # Rows embedded and committed together: seconds of embedding on CPU, a few MB of vectors.
 BATCH_ROWS = int(os.environ.get("QUIVER_REFRESH_BATCH_ROWS", "4096"))
-Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 
 
 @dataclass
@@ -117,6 +111,8 @@ def refresh_embeddings(
                 rows = memory.retrying(conn, partial(warehouse.read_rows, conn, layout, plan, batch.to_embed))
                 if result.sample is None:
                     result.sample = rows.select([layout.primary_key, warehouse.TEXT]).slice(0, 5)
+            else:  # the last commit: leave no big WAL for every later open to replay
+                memory.retrying(conn, partial(checkpoint_a_big_wal, conn))
         result.seconds["commit"] += time.perf_counter() - clock
         if pending is not None:
             done += pending[0].to_embed.num_rows
@@ -131,8 +127,6 @@ def refresh_embeddings(
         result.seconds["embed"] += time.perf_counter() - clock
         pending = (batch, rows, vectors, chunks)
     result.memory_limit = memory.limit
-    with memory.connection(connect) as conn:
-        memory.retrying(conn, partial(checkpoint_a_big_wal, conn))
     return result
 
 

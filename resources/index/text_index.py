@@ -108,7 +108,6 @@ class TextIndex:
 
     def __init__(self, index: tantivy.Index, analyzer: Analyzer):
         self._index = index
-        self._analyzer = analyzer
         self._schema = index.schema
         self._words, self._idents = analyzer.words(), analyzer.idents()
 

@@ -43,12 +43,8 @@ class StandInModel:
 
     dim = DIM
 
-    def __init__(self):
-        self._chunker = None
-
     def chunker(self, settings: ChunkSettings) -> Chunker:
-        self._chunker = Chunker(resolve_model_path("all-MiniLM-L6-v2") / "tokenizer.json", 256, settings)
-        return self._chunker
+        return Chunker(resolve_model_path("all-MiniLM-L6-v2") / "tokenizer.json", 256, settings)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         seeds = np.array([hash(t) & 0xFFFFFFFF for t in texts], dtype=np.uint64)
