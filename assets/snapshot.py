@@ -8,6 +8,7 @@ from quiver.resources import health
 from quiver.resources.dagster_resources import IndexResource, key, tags
 from quiver.resources.index import CorruptFileError, LogStats, read_stats
 from quiver.resources.index.manifest import read_manifest
+from quiver.resources.index.snapshot import TEXT_DIR
 from quiver.resources.spec import DatasetSpec
 
 
@@ -16,10 +17,10 @@ def snapshot_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         key=key(spec, "snapshot"),
         deps=[key(spec, "index")],
         group_name="snapshot",
-        kinds={"usearch"},
+        kinds={"usearch", "tantivy"},
         tags=tags(spec),
-        description=f"Published HNSW snapshot of {spec.name!r} (usearch file + rows file + manifest), "
-        "what queries are served from together with the segments after it.",
+        description=f"Published HNSW snapshot of {spec.name!r} (usearch file + rows file + the full-text "
+        "index + manifest), what queries are served from together with the segments after it.",
     )
     def snapshot(context: dg.AssetExecutionContext, index_store: IndexResource) -> dg.MaterializeResult:
         started = time.perf_counter()
@@ -47,6 +48,9 @@ def snapshot_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 "tombstones": entry.tombstones,
                 "tombstone_percent": round(100.0 * entry.tombstones / max(1, entry.vectors), 2),
                 "snapshot_bytes": entry.total_bytes,
+                "text_index_bytes": dg.MetadataValue.int(
+                    sum(f.bytes for name, f in entry.files.items() if name.startswith(f"{TEXT_DIR}/"))
+                ),
                 "index_checksum": entry.files["index.usearch"].checksum,
                 "rows_checksum": entry.files["rows.parquet"].checksum,
                 "folded_segments": result.segments_folded,

@@ -1,9 +1,16 @@
 """Command line over the query helper and the index state, for people and scripts.
 
-    python -m quiver search DATASET "text" [--k 10] [--columns a,b] [--where SQL] [--ef-search N] [--chunks] [--json]
+    python -m quiver search DATASET "text" [--mode hybrid|vector|text] [--keywords WORDS] [--k 10] [--columns a,b]
+                                          [--where SQL] [--ef-search N] [--chunks] [--json]
     python -m quiver status [DATASET] [--json]
     python -m quiver serve [--host 127.0.0.1] [--port 8000]   (HTTP, see quiver.pipelines.http_api)
     python -m quiver refresh [DATASET ...] [--no-snapshot]    (the refresh jobs, through Dagster: quiver.pipelines.runner)
+
+``search`` prints the columns of its mode, best first: ``hybrid`` (the default when the dataset has a
+full-text index: vectors and full text fused by reciprocal rank) ``pk, fused_score, score, distance,
+text_score, vector_rank, text_rank``; ``vector`` (the default otherwise) ``pk, score, distance``;
+``text`` (BM25 alone) ``pk, score``; then the served columns. ``--keywords``: the words the text pass
+searches instead of the query text (an identifier, a product code).
 
 ``refresh`` loads Dagster; the other commands never do (``runner`` is a lazy module attribute).
 Errors print one line to stderr and exit 2.
@@ -23,6 +30,7 @@ from quiver.resources.index import read_stats
 from quiver.resources.index.manifest import manifest_path, read_manifest
 from quiver.resources.index.snapshot import distinct_rows
 from quiver.resources.index.snapshot_policy import SnapshotPolicy, decide
+from quiver.resources.search import MODES
 from quiver.resources.spec import SpecError, default_home, load_spec
 from quiver.resources.values import dumps, format_table
 
@@ -33,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("search", help="top-k rows for a text")
     s.add_argument("dataset")
     s.add_argument("text")
+    s.add_argument(
+        "--mode",
+        choices=MODES,
+        help="hybrid: vectors and full text fused (the default when the dataset has a full-text index); "
+        "vector: the vectors alone (the default otherwise); text: the full-text index alone (BM25)",
+    )
+    s.add_argument("--keywords", metavar="WORDS", help="what the text pass searches instead of TEXT (hybrid or text mode)")
     s.add_argument("--k", type=int, default=10)
     s.add_argument("--columns", help="comma-separated served columns (default: all); chunk, chunk_number, chunk_start, chunk_end: the matching chunk")
     s.add_argument("--where", help="SQL predicate over served columns, e.g. \"section = 'python'\"")
@@ -61,7 +76,7 @@ def _search(args) -> int:
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     table: pa.Table = search(
         args.dataset, args.text, k=args.k, columns=columns, where=args.where, ef_search=args.ef_search,
-        group=not args.chunks,
+        group=not args.chunks, mode=args.mode, keywords=args.keywords,
     )
     rows = table.to_pylist()
     print(dumps(rows, indent=2) if args.json else format_table(rows))
@@ -138,7 +153,10 @@ def __getattr__(name: str):
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "search" and args.keywords is not None and args.mode == "vector":
+        parser.error("--keywords are what the text pass searches: use them with --mode hybrid or text (or leave --mode out)")
     try:
         if args.command == "serve":
             return _serve(args)

@@ -1,16 +1,30 @@
 """An HTTP front for the searcher that speaks Spice's search API: ``python -m quiver serve``.
 
     POST /v1/search  {"text": "wireless headphones", "datasets": ["products"], "where": "price < 100",
-                      "additional_columns": ["name"], "limit": 10}
+                      "additional_columns": ["name"], "limit": 10, "keywords": ["WH-1000XM5"]}
       -> 200 {"matches": [{"value": ..., "score": ..., "dataset": ..., "primary_key": {...},
-                           "metadata": {...}}, ...], "duration_ms": 3}
+                           "metadata": {...}, "fused_score": ..., "text_score": ...,
+                           "vector_rank": ..., "text_rank": ...}, ...], "duration_ms": 3}
     GET  /health     -> 200 {"status": "ok", "datasets": [{"dataset", "built", "vectors", "served_seq"}]}
 
 Request fields, as in Spice: ``text`` (required), ``datasets`` (default: every dataset of the spec
 that has an index), ``where`` (a SQL predicate over served columns), ``additional_columns``
-(served columns returned under ``metadata``), ``limit`` (default 10; Spice's default is 3).
-quiver adds ``ef_search`` and ``group``. Each dataset is searched for ``limit`` rows and the
-results merged by score, best first, so ``limit`` caps the whole answer. ``value`` is the text that
+(served columns returned under ``metadata``), ``limit`` (default 10; Spice's default is 3),
+``keywords`` (a list of strings: what the full-text pass searches instead of ``text``; as in Spice,
+adding them makes the search hybrid). quiver adds ``mode``, ``ef_search`` and ``group``.
+
+``mode``: ``hybrid`` (the vector and full-text passes fused by reciprocal rank), ``vector`` or
+``text`` (BM25 alone). Left out, it is ``hybrid`` when ``keywords`` are given or every searched
+dataset has a full-text index (on by default), else ``vector``, so one answer has one kind of score.
+Each match carries ``score``: the vector similarity in modes ``hybrid`` and ``vector``, BM25 in mode
+``text``. In mode ``hybrid`` it also carries ``fused_score``, ``text_score`` (BM25, null when the
+text pass did not find the row), ``vector_rank`` and ``text_rank`` (1-based, null when that pass did
+not rank the row). ``keywords`` need a text pass: with ``"mode": "vector"`` they are refused.
+
+Each dataset is searched for ``limit`` rows and the results merged best first, so ``limit`` caps
+the whole answer: by ``fused_score`` in mode ``hybrid`` (it is made of ranks, so it compares across
+datasets), else by ``score`` (BM25 in mode ``text``: comparable within one dataset only, so a
+several-dataset text answer is an interleaving by raw BM25). ``value`` is the text that
 was embedded (the embedding columns joined by the spec's separator) when those columns are served,
 else the primary key. A row whose text was split into chunks is one match, scored by its best
 chunk; ``"group": false`` returns the best chunks instead, each with the chunk's own text as
@@ -34,11 +48,12 @@ from starlette.routing import Route
 
 from quiver.pipelines.query import searcher
 from quiver.resources.index.errors import IndexNotBuiltError
-from quiver.resources.search import SearchError, embedded_texts
+from quiver.resources.search import MODES, SearchError, embedded_texts
 from quiver.resources.spec import UnknownDatasetError, load_spec
 from quiver.resources.values import jsonable
 
-FIELDS = ("text", "datasets", "where", "additional_columns", "limit", "ef_search", "group")
+FIELDS = ("text", "datasets", "where", "additional_columns", "limit", "keywords", "mode", "ef_search", "group")
+HYBRID_FIELDS = ("fused_score", "text_score", "vector_rank", "text_rank")  # beside "score", in mode hybrid
 CHUNK_FIELDS = ("chunk", "chunk_number", "chunk_start", "chunk_end")
 DEFAULT_LIMIT = 10
 
@@ -63,7 +78,7 @@ def create_app(searcher, spec=None) -> Starlette:
             return text.of(row)
         return row[pk]
 
-    def search_one(dataset: str, request: dict) -> list[dict]:
+    def search_one(dataset: str, request: dict, mode: str) -> list[dict]:
         reader = searcher.reader(dataset)
         pk, served = reader.manifest.primary_key, reader.served_columns
         extra = request["additional_columns"]
@@ -86,6 +101,8 @@ def create_app(searcher, spec=None) -> Starlette:
             where=request["where"],
             ef_search=request["ef_search"],
             group=not chunks,
+            mode=mode,
+            keywords=request["keywords"],
         )
         matches = []
         for row in table.to_pylist():
@@ -96,6 +113,8 @@ def create_app(searcher, spec=None) -> Starlette:
                 "primary_key": {pk: row[pk]},
                 "metadata": {c: row[c] for c in extra},
             }
+            if mode == "hybrid":
+                match.update({name: row[name] for name in HYBRID_FIELDS})
             if chunks:
                 match["chunk"] = {"number": row["chunk_number"], "start": row["chunk_start"], "end": row["chunk_end"]}
             matches.append(match)
@@ -108,8 +127,11 @@ def create_app(searcher, spec=None) -> Starlette:
                 datasets = [d for d in names if _built(searcher, d)]
                 if not datasets:
                     raise IndexNotBuiltError(f"no dataset has an index yet (datasets: {', '.join(names) or 'none'})")
-            matches = [m for d in dict.fromkeys(datasets) for m in search_one(d, request)]
-        matches.sort(key=lambda m: m["score"], reverse=True)
+            datasets = list(dict.fromkeys(datasets))
+            mode = request["mode"] or _default_mode(searcher, datasets, request["keywords"])
+            matches = [m for d in datasets for m in search_one(d, request, mode)]
+        # Stable: within one dataset its own order stands (a hybrid tie is broken by ranks there).
+        matches.sort(key=lambda m: m["fused_score" if mode == "hybrid" else "score"], reverse=True)
         return matches[: request["limit"]]
 
     async def search(request: Request) -> JSONResponse:
@@ -155,12 +177,26 @@ def _parse(raw: bytes) -> dict:
     text = body.get("text")
     if not isinstance(text, str) or not text.strip():
         raise BadRequest('"text" is required: the words to search for, as a non-empty string')
+    mode = body.get("mode")
+    if mode is not None and mode not in MODES:
+        raise BadRequest(f'"mode" must be one of {", ".join(json.dumps(m) for m in MODES)}, got {json.dumps(mode)}')
+    keywords = _strings(body, "keywords")
+    if keywords is not None and not any(k.strip() for k in keywords):
+        raise BadRequest(
+            f'"keywords" must hold some words, got {json.dumps(keywords)}; leave it out to search "text" by full text'
+        )
+    if keywords is not None and mode == "vector":
+        raise BadRequest(
+            '"keywords" are what the full-text pass searches: use them with "mode" hybrid or text, or leave "mode" out'
+        )
     return {
         "text": text,
         "datasets": _strings(body, "datasets", allow_none=True),
         "where": _optional(body, "where", str, "a SQL predicate as a string"),
         "additional_columns": _strings(body, "additional_columns") or [],
         "limit": _positive(body, "limit", DEFAULT_LIMIT),
+        "keywords": keywords,
+        "mode": mode,
         "ef_search": _positive(body, "ef_search", None),
         "group": _optional(body, "group", bool, "true (one match per row, the default) or false (the best chunks)") is not False,
     }
@@ -191,6 +227,14 @@ def _positive(body: dict, name: str, default: int | None) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise BadRequest(f'"{name}" must be a positive integer, got {json.dumps(value)}')
     return value
+
+
+def _default_mode(searcher, datasets: list[str], keywords: list[str] | None) -> str:
+    """``mode`` when the request leaves it out: hybrid when there are keywords or every dataset has a
+    full-text index, else vector (one mode for the whole answer, so its scores compare)."""
+    if keywords is not None or all(searcher.reader(d).has_text for d in datasets):
+        return "hybrid"
+    return "vector"
 
 
 def _built(searcher, dataset: str) -> bool:

@@ -1,5 +1,6 @@
 """The Python query helpers: ``search(dataset, text_or_vector, k=10, columns=None, where=None,
-ef_search=None)`` and ``search_batch(dataset, queries, ...)`` for many queries at once.
+ef_search=None, mode=None, weights=None)`` and ``search_batch(dataset, queries, ...)`` for many
+queries at once. ``mode``: hybrid (the default for text: vectors and full text fused), vector, text.
 
 It honours ``QUIVER_DATASETS`` and ``QUIVER_HOME`` at each call, and keeps one ``Searcher`` per
 (spec, home) for the life of the process, so the model loads and each index opens only once.
@@ -38,6 +39,9 @@ def search(
     where: str | None = None,
     ef_search: int | None = None,
     group: bool = True,
+    mode: str | None = None,
+    weights: dict[str, float] | None = None,
+    keywords: str | Sequence[str] | None = None,
 ) -> pa.Table:
     """Top ``k`` rows of ``dataset`` for a text (embedded with the dataset's model) or a vector.
 
@@ -47,8 +51,17 @@ def search(
     text was split into chunks is one result, scored by its best chunk (``group=False``: the ``k``
     best chunks); ``columns`` may add ``chunk`` (the matching chunk's text), ``chunk_number``,
     ``chunk_start``, ``chunk_end``.
+
+    ``mode``: ``hybrid`` (the default for text on a dataset with a full-text index: the vector and
+    full-text passes fused by reciprocal rank, adding ``fused_score``, ``text_score``,
+    ``vector_rank`` and ``text_rank``; ``weights={"vector": 1, "text": 2}`` weighs the passes),
+    ``vector`` or ``text`` (BM25 alone; ``score`` is then the BM25 score). ``keywords``: what the
+    text pass searches instead of the query text (beside a vector, they make it hybrid).
     """
-    return searcher().search(dataset, text_or_vector, k=k, columns=columns, where=where, ef_search=ef_search, group=group)
+    return searcher().search(
+        dataset, text_or_vector, k=k, columns=columns, where=where, ef_search=ef_search, group=group, mode=mode,
+        weights=weights, keywords=keywords,
+    )
 
 
 def search_batch(
@@ -59,7 +72,11 @@ def search_batch(
     where: str | None = None,
     ef_search: int | None = None,
     group: bool = True,
+    mode: str | None = None,
+    weights: dict[str, float] | None = None,
 ) -> pa.Table:
     """``search`` for many queries at once: one Table with ``query`` (the position in ``queries``)
     first; texts are embedded in one batch."""
-    return searcher().search_batch(dataset, queries, k=k, columns=columns, where=where, ef_search=ef_search, group=group)
+    return searcher().search_batch(
+        dataset, queries, k=k, columns=columns, where=where, ef_search=ef_search, group=group, mode=mode, weights=weights
+    )

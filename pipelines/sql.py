@@ -1,4 +1,4 @@
-"""Vector search from SQL, on the user's own DuckDB connection.
+"""Vector, full-text and hybrid search from SQL, on the user's own DuckDB connection.
 
     import duckdb
     from quiver.pipelines.sql import register
@@ -7,20 +7,54 @@
     register(conn)  # QUIVER_DATASETS / QUIVER_HOME, or register(conn, home=..., spec_path=...)
     conn.sql("SELECT * FROM vector_search('packages', 'text editor', 5)")
     conn.sql("SELECT * FROM vector_search('packages', 'text editor', 5, filter := 'section = ''editors''')")
+    conn.sql("SELECT * FROM text_search('packages', 'vim', 5)")                  # BM25 alone
+    conn.sql("SELECT * FROM rrf('packages', 'vim text editor', 5)")              # both, fused
     conn.sql("SELECT q, quiver_search('packages', q, 3) AS hits FROM my_queries")  # a list per row
 
 DuckDB 1.5's Python API registers scalar functions only (``create_function``; its
 ``table_function`` calls existing ones), so the search is a vectorized (Arrow) scalar UDF that
-returns a list of structs, and ``vector_search`` is a table macro that unnests it. A scalar
+returns a list of structs, and the table functions are table macros that unnest it. A scalar
 function has one return type for every dataset, so the served columns come back as one JSON
 object, ``data`` (read them with ``data->>'column'``), and the primary key as text
 (``primary_key``; cast it to join: ``ON t.id = v.primary_key::BIGINT``).
 
+``vector_search(dataset, query, k := 10, filter := NULL, ef_search := NULL)``: the vectors alone
+(mode ``vector``, whatever the dataset's default).
+``text_search(dataset, query, k := 10, filter := NULL)``: the full-text index alone (mode ``text``,
+BM25; the query is words, never query syntax). Both return, best first:
+
     rank         INTEGER  1 = best
     primary_key  VARCHAR  the row's primary key, as text
-    score        DOUBLE   higher is better
-    distance     DOUBLE   in the index's metric
+    score        DOUBLE   higher is better: the vector similarity, or BM25 in text_search
+    distance     DOUBLE   in the index's metric (NULL in text_search)
     data         JSON     the served columns
+
+``rrf(dataset, query, k := 10, filter := NULL, rrf_k := 60, vector_weight := 1.0, text_weight :=
+1.0)``: reciprocal rank fusion, as Spice's SQL ``rrf(vector_search(...), text_search(...))``.
+DuckDB cannot pass a table function as an argument, so ``rrf`` takes the query and is itself
+written in SQL over the two macros above: each is asked for ``greatest(k, 50)`` rows (the depth of
+the Python hybrid search, so both give the same ranks), the lists are joined on ``primary_key``
+(FULL OUTER JOIN: a row found by one pass counts once), and
+
+    fused_score = coalesce(vector_weight / (rrf_k + v.rank), 0) + coalesce(text_weight / (rrf_k + t.rank), 0)
+
+orders them (ties: the better best rank, then the vector pass's order), ``k`` rows. Its columns:
+``rank``, ``primary_key``, ``fused_score``, ``score`` and ``distance`` (the vector pass's, NULL for a
+row only the text pass found; Python's hybrid search computes them for that row too),
+``text_score`` (BM25), ``vector_rank``, ``text_rank`` (NULL where that pass did not rank the row),
+``data``. To fuse other lists, or with another formula, write the join yourself:
+
+    SELECT coalesce(v.primary_key, t.primary_key) AS primary_key,
+           coalesce(1 / (60 + v.rank), 0) + coalesce(2 / (60 + t.rank), 0) AS fused_score
+    FROM vector_search('packages', 'text editor', 50) AS v
+    FULL OUTER JOIN text_search('packages', 'vim', 50) AS t USING (primary_key)
+    ORDER BY fused_score DESC LIMIT 10
+
+``quiver_search(dataset, query, k := 10, filter := NULL, ef_search := NULL, mode := NULL)``: one
+list of hits per row, in ``mode`` (``hybrid``, ``vector`` or ``text``; NULL: the searcher's
+default, hybrid when the dataset has a full-text index). Each hit is a struct of ``rank``,
+``primary_key``, ``fused_score``, ``score``, ``distance``, ``text_score``, ``vector_rank``,
+``text_rank`` and ``data``; the fields the mode does not fill are NULL (as in the tables above).
 
 Arguments: ``dataset``, ``query`` (text), ``k`` (default 10), ``filter`` (a SQL predicate over the
 served columns, like ``where=`` in Python; default none), ``ef_search`` (default: the spec's).
@@ -38,7 +72,9 @@ import duckdb
 import pyarrow as pa
 
 from quiver.pipelines.query import searcher as default_searcher
-from quiver.resources.search import Searcher
+from quiver.resources.fusion import RRF_K
+from quiver.resources.index.reader import HYBRID_DEPTH
+from quiver.resources.search import HYBRID_COLUMNS, Searcher
 from quiver.resources.spec import default_home, load_spec
 from quiver.resources.values import dumps, jsonable
 
@@ -47,18 +83,79 @@ HIT = pa.struct(
     [
         ("rank", pa.int32()),
         ("primary_key", pa.string()),
+        ("fused_score", pa.float64()),
         ("score", pa.float64()),
         ("distance", pa.float64()),
+        ("text_score", pa.float64()),
+        ("vector_rank", pa.int32()),
+        ("text_rank", pa.int32()),
         ("data", pa.string()),
     ]
 )
-RETURN_TYPE = "STRUCT(rank INTEGER, primary_key VARCHAR, score DOUBLE, distance DOUBLE, data JSON)[]"
-ARGS = "dataset, query, k := 10, filter := NULL, ef_search := NULL"
-CALL = f"{UDF}(dataset, query, k, filter, ef_search)"
+RETURN_TYPE = (
+    "STRUCT(rank INTEGER, primary_key VARCHAR, fused_score DOUBLE, score DOUBLE, distance DOUBLE, "
+    "text_score DOUBLE, vector_rank INTEGER, text_rank INTEGER, data JSON)[]"
+)
+# The score columns each mode's answer has after the primary key (the searcher's column order).
+SCORES = {"vector": ("score", "distance"), "text": ("score",), "hybrid": HYBRID_COLUMNS}
+
+
+def _unnest(call: str) -> str:
+    """A table of one pass's hits: what vector_search and text_search return."""
+    columns = ", ".join(f"hit.{c}" for c in ("rank", "primary_key", "score", "distance", "data"))
+    return f"SELECT {columns} FROM (SELECT unnest({call}) AS hit) ORDER BY hit.rank"
+
+
+MACROS = {
+    "quiver_search": (
+        "dataset, query, k := 10, filter := NULL, ef_search := NULL, mode := NULL",
+        f"{UDF}(dataset, query, k, filter, ef_search, mode)",
+    ),
+    "vector_search": (
+        "dataset, query, k := 10, filter := NULL, ef_search := NULL",
+        "TABLE " + _unnest(f"{UDF}(dataset, query, k, filter, ef_search, 'vector')"),
+    ),
+    "text_search": (
+        "dataset, query, k := 10, filter := NULL",
+        "TABLE " + _unnest(f"{UDF}(dataset, query, k, filter, NULL, 'text')"),
+    ),
+    "rrf": (
+        f"dataset, query, k := 10, filter := NULL, rrf_k := {RRF_K}, vector_weight := 1.0, text_weight := 1.0",
+        f"""TABLE
+        WITH fused AS (
+            SELECT coalesce(v.primary_key, t.primary_key) AS primary_key,
+                   coalesce(CAST(vector_weight AS DOUBLE) / (rrf_k + v.rank), 0)
+                     + coalesce(CAST(text_weight AS DOUBLE) / (rrf_k + t.rank), 0) AS fused_score,
+                   v.score, v.distance, t.score AS text_score, v.rank AS vector_rank, t.rank AS text_rank,
+                   coalesce(v.data, t.data) AS data
+            FROM vector_search(dataset, query, greatest(k, {HYBRID_DEPTH}), filter := filter) AS v
+            FULL OUTER JOIN text_search(dataset, query, greatest(k, {HYBRID_DEPTH}), filter := filter) AS t
+              ON v.primary_key = t.primary_key
+        )
+        SELECT CAST(row_number() OVER (
+                   ORDER BY fused_score DESC, least(vector_rank, text_rank), vector_rank IS NULL,
+                            coalesce(vector_rank, text_rank)
+               ) AS INTEGER) AS rank,
+               primary_key, fused_score, score, distance, text_score, vector_rank, text_rank, data
+        FROM fused
+        ORDER BY rank
+        LIMIT CASE
+            WHEN k IS NULL OR k <= 0 THEN
+                error('rrf: k must be a positive integer, got ' || coalesce(k::VARCHAR, 'NULL'))
+            WHEN rrf_k IS NULL OR rrf_k < 0 THEN
+                error('rrf: rrf_k must be 0 or more, got ' || coalesce(rrf_k::VARCHAR, 'NULL'))
+            WHEN NOT (vector_weight >= 0 AND text_weight >= 0) THEN
+                error('rrf: vector_weight and text_weight must be numbers >= 0, got '
+                      || coalesce(vector_weight::VARCHAR, 'NULL') || ' and ' || coalesce(text_weight::VARCHAR, 'NULL'))
+            ELSE k
+        END""",
+    ),
+}
 
 
 def register(conn: duckdb.DuckDBPyConnection, home=None, spec_path=None, searcher=None) -> None:
-    """Add ``quiver_search(...)`` (a list of hits) and ``vector_search(...)`` (a table) to ``conn``.
+    """Add ``quiver_search(...)`` (a list of hits), ``vector_search(...)``, ``text_search(...)``
+    and ``rrf(...)`` (tables) to ``conn``.
 
     With neither ``home`` nor ``spec_path`` it serves from the process-wide searcher of
     ``quiver.pipelines.query`` (``QUIVER_HOME``, ``QUIVER_DATASETS``). Registering again replaces them.
@@ -71,16 +168,13 @@ def register(conn: duckdb.DuckDBPyConnection, home=None, spec_path=None, searche
     conn.create_function(
         UDF,
         _batch_search(searcher),
-        ["VARCHAR", "VARCHAR", "INTEGER", "VARCHAR", "INTEGER"],
+        ["VARCHAR", "VARCHAR", "INTEGER", "VARCHAR", "INTEGER", "VARCHAR"],
         duckdb.sqltype(RETURN_TYPE),
         type="arrow",
-        null_handling="special",  # NULL filter/ef_search mean "none"; a NULL query gives NULL
+        null_handling="special",  # NULL filter/ef_search/mode mean "none"/the default; a NULL query gives NULL
     )
-    conn.execute(f"CREATE OR REPLACE TEMP MACRO quiver_search({ARGS}) AS {CALL}")
-    conn.execute(
-        f"CREATE OR REPLACE TEMP MACRO vector_search({ARGS}) AS TABLE "
-        f"SELECT hit.* FROM (SELECT unnest({CALL}) AS hit) ORDER BY hit.rank"
-    )
+    for name, (args, body) in MACROS.items():  # in order: rrf is made of the two before it
+        conn.execute(f"CREATE OR REPLACE TEMP MACRO {name}({args}) AS {body}")
 
 
 def _searcher(home, spec_path):
@@ -92,35 +186,38 @@ def _searcher(home, spec_path):
 def _batch_search(searcher):
     lock = threading.Lock()  # DuckDB may call from several threads; the reader refreshes between queries
 
-    def search(datasets, queries, ks, filters, ef_searches) -> pa.Array:
+    def search(datasets, queries, ks, filters, ef_searches, modes) -> pa.Array:
         # DuckDB hands over a chunk of rows at once: rows asking the same thing of the same dataset
         # become one search_batch, so their texts are embedded together.
-        columns = [c.to_pylist() for c in (datasets, queries, ks, filters, ef_searches)]
+        columns = [c.to_pylist() for c in (datasets, queries, ks, filters, ef_searches, modes)]
         out: list[list[dict] | None] = [None] * len(columns[0])
         groups: dict[tuple, list[int]] = defaultdict(list)
-        for i, (dataset, query, k, where, ef) in enumerate(zip(*columns)):
+        for i, (dataset, query, k, where, ef, mode) in enumerate(zip(*columns)):
             if dataset is not None and query is not None:
-                groups[(dataset, k, where, ef)].append(i)
-        for (dataset, k, where, ef), rows in groups.items():
+                groups[(dataset, k, where, ef, mode)].append(i)
+        for (dataset, k, where, ef, mode), rows in groups.items():
             try:
                 with lock:
                     table = searcher.search_batch(
-                        dataset, [columns[1][i] for i in rows], k=k, where=where, ef_search=ef
+                        dataset, [columns[1][i] for i in rows], k=k, where=where, ef_search=ef, mode=mode
                     )
             except (ValueError, LookupError, FileNotFoundError) as error:
                 # A bad request: DuckDB prints the message with the traceback, so drop quiver's frames.
                 raise error.with_traceback(None) from None
             pk = table.column_names[1]  # query, then the primary key under its own name
+            # The mode the searcher ran in: left to its default, hybrid or vector, told apart by the
+            # first score column (hybrid's is fused_score, vector's score).
+            scores = SCORES[mode or ("hybrid" if table.column_names[2] == "fused_score" else "vector")]
             for row in rows:
                 out[row] = []
             for hit in table.to_pylist():
                 hits = out[rows[hit.pop("query")]]
+                found = {name: hit.pop(name) for name in scores}
                 hits.append(
                     {
                         "rank": len(hits) + 1,
                         "primary_key": str(jsonable(hit.pop(pk))),
-                        "score": hit.pop("score"),
-                        "distance": hit.pop("distance"),
+                        **{name: found.get(name) for name in HYBRID_COLUMNS},
                         "data": dumps(hit),
                     }
                 )

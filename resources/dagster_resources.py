@@ -27,6 +27,7 @@ from pydantic import PrivateAttr
 from quiver.resources import warehouse
 from quiver.resources.embedding import Embedder, get_embedder
 from quiver.resources.index import HnswParams, IndexIdentity, IndexStore
+from quiver.resources.index.text_index import TextConfig
 from quiver.resources.search import EmbeddedText, Searcher
 from quiver.resources.spec import DatasetSpec
 
@@ -77,7 +78,15 @@ class IndexResource(ConfigurableResource):
             params=HnswParams(m=vectors.m, ef_construction=vectors.ef_construction, ef_search=vectors.ef_search),
             primary_key=spec.primary_key,
             keep_previous=spec.snapshots.keep_previous,
+            text=text_config(spec),
         )
+
+
+def text_config(spec: DatasetSpec) -> TextConfig | None:
+    """The full-text index a dataset's snapshots write, from its spec (None when ``full_text`` is off)."""
+    if not spec.full_text_columns:
+        return None
+    return TextConfig(spec.full_text_columns, tuple(spec.embeddings.columns), spec.embeddings.separator, spec.full_text.stemmer)
 
 
 class SearchResource(ConfigurableResource):
@@ -109,8 +118,15 @@ class SearchResource(ConfigurableResource):
         where: str | None = None,
         ef_search: int | None = None,
         group: bool = True,
+        mode: str | None = None,
+        weights: dict[str, float] | None = None,
+        keywords: str | list[str] | None = None,
     ) -> pa.Table:
-        return self.searcher().search(dataset, query, k=k, columns=columns, where=where, ef_search=ef_search, group=group)
+        """``Searcher.search``: ``mode`` hybrid (default for text), vector or text."""
+        return self.searcher().search(
+            dataset, query, k=k, columns=columns, where=where, ef_search=ef_search, group=group, mode=mode,
+            weights=weights, keywords=keywords,
+        )
 
     def search_batch(
         self,
@@ -121,8 +137,12 @@ class SearchResource(ConfigurableResource):
         where: str | None = None,
         ef_search: int | None = None,
         group: bool = True,
+        mode: str | None = None,
+        weights: dict[str, float] | None = None,
     ) -> pa.Table:
-        return self.searcher().search_batch(dataset, queries, k=k, columns=columns, where=where, ef_search=ef_search, group=group)
+        return self.searcher().search_batch(
+            dataset, queries, k=k, columns=columns, where=where, ef_search=ef_search, group=group, mode=mode, weights=weights
+        )
 
 
 # -- asset keys and tags ---------------------------------------------------------------------------

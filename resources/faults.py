@@ -12,6 +12,7 @@ costs one dictionary lookup. The points, in write order:
     segment.before_rename       the segment's temp file is complete and fsynced, not renamed
     segment.before_dir_fsync    the segment is renamed into place, its directory not yet fsynced
     snapshot.mid_write          the snapshot's temp directory holds the index file but no rows file
+    snapshot.before_text        ... the index and rows files, no text index yet (full-text datasets)
     snapshot.before_rename      the snapshot's temp directory is complete and fsynced, not renamed
     snapshot.before_dir_fsync   the snapshot directory is renamed, its parent not yet fsynced
     snapshot.before_manifest    the snapshot directory is published, the manifest does not name it
@@ -37,6 +38,7 @@ REFRESH_POINTS = (
 )
 SNAPSHOT_POINTS = (
     "snapshot.mid_write",
+    "snapshot.before_text",
     "snapshot.before_rename",
     "snapshot.before_dir_fsync",
     "snapshot.before_manifest",

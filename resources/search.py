@@ -19,7 +19,9 @@ from quiver.resources.embedding import get_embedder
 from quiver.resources.index import IndexReader
 from quiver.resources.index.errors import IndexNotBuiltError
 from quiver.resources.index.manifest import manifest_path
+from quiver.resources.index.reader import PASSES, TextSearchUnavailable
 from quiver.resources.index.row_filter import FilterError
+from quiver.resources.index.text_index import is_blank
 from quiver.resources.spec import QuiverSpec, UnknownDatasetError
 
 # Which chunk of a row matched, as result columns: its number and [start, end) character offsets
@@ -27,6 +29,10 @@ from quiver.resources.spec import QuiverSpec, UnknownDatasetError
 # that text itself (when the embedded columns are served).
 CHUNK_RESULT_COLUMNS = {"chunk_number": "_chunk", "chunk_start": "_chunk_start", "chunk_end": "_chunk_end"}
 CHUNK_TEXT = "chunk"
+# How a query is answered: both passes fused (the default for a text query on a dataset with a
+# full-text index), the vectors alone (the default otherwise), or the full-text index alone.
+MODES = ("hybrid", "vector", "text")
+HYBRID_COLUMNS = ("fused_score", "score", "distance", "text_score", "vector_rank", "text_rank")
 
 
 @dataclass(frozen=True)
@@ -38,8 +44,7 @@ class EmbeddedText:
 
     def of(self, row: dict) -> str:
         # as the warehouse builds it: blank columns left out, the rest joined by the separator
-        parts = [row[c] for c in self.columns if row[c] is not None and row[c].strip() != ""]
-        return self.separator.join(parts)
+        return self.separator.join(row[c] for c in self.columns if not is_blank(row[c]))
 
 
 def embedded_texts(spec: QuiverSpec) -> dict[str, EmbeddedText]:
@@ -162,27 +167,61 @@ class Searcher:
                 )
         return list(columns)
 
-    def _search_rows(self, reader: IndexReader, dataset: str, vector, k, columns, ef_search, where, group) -> pa.Table:
-        """``reader.search_rows`` with the chunk result columns: asked for by their public names,
-        the chunk's text cut from the embedded columns."""
+    def _search_rows(
+        self, reader: IndexReader, dataset: str, vector, k, columns, ef_search, where, group, mode="vector", text=None, weights=None
+    ) -> pa.Table:
+        """One query in ``mode`` with the chunk result columns: asked for by their public names, the
+        chunk's text cut from the embedded columns."""
+
+        def answer(wanted):
+            if mode == "vector":
+                return reader.search_rows(vector, int(k), wanted, ef_search, where=where, group=group)
+            if mode == "text":
+                return reader.search_text_rows(text, int(k), wanted, where=where, group=group)
+            return reader.search_hybrid_rows(vector, text, int(k), wanted, ef_search, where=where, group=group, weights=weights)
+
         if columns is None:
-            return reader.search_rows(vector, int(k), None, ef_search, where=where, group=group)
-        text = self.texts.get(dataset) if CHUNK_TEXT in columns else None
+            return answer(None)
+        embedded = self.texts.get(dataset) if CHUNK_TEXT in columns else None
         wanted = [CHUNK_RESULT_COLUMNS.get(c, c) for c in columns if c != CHUNK_TEXT]
-        if text is not None:
-            wanted += [c for c in (*text.columns, "_chunk_start", "_chunk_end") if c not in wanted]
-        table = reader.search_rows(vector, int(k), wanted, ef_search, where=where, group=group)
-        if text is not None:
+        if embedded is not None:
+            wanted += [c for c in (*embedded.columns, "_chunk_start", "_chunk_end") if c not in wanted]
+        table = answer(wanted)
+        if embedded is not None:
             cut = [
-                None if row["_chunk_start"] is None else text.of(row)[row["_chunk_start"] : row["_chunk_end"]]
-                for row in table.select([*text.columns, "_chunk_start", "_chunk_end"]).to_pylist()
+                None if row["_chunk_start"] is None else embedded.of(row)[row["_chunk_start"] : row["_chunk_end"]]
+                for row in table.select([*embedded.columns, "_chunk_start", "_chunk_end"]).to_pylist()
             ]
             table = table.append_column(CHUNK_TEXT, pa.array(cut, pa.string()))
         public = {v: name for name, v in CHUNK_RESULT_COLUMNS.items()}
-        head = table.column_names[:3]  # the primary key, score, distance
-        return table.rename_columns([public.get(n, n) for n in table.column_names]).select(
-            [*head, *columns]
-        )
+        head = table.column_names[: table.num_columns - len(wanted) - (embedded is not None)]  # key and scores
+        return table.rename_columns([public.get(n, n) for n in table.column_names]).select([*head, *columns])
+
+    def _mode(self, reader: IndexReader, dataset: str, is_text: bool, mode: str | None, weights) -> str:
+        """The mode a query runs in: checked against the query (has it text for the text pass?) and
+        the dataset's index."""
+        if mode is not None and mode not in MODES:
+            raise SearchError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode is None:
+            mode = "hybrid" if is_text and reader.has_text else "vector"
+        if mode != "vector" and not is_text:
+            raise SearchError(
+                f"dataset {dataset!r}: mode {mode!r} needs words for the text pass: query text, or keywords beside a vector"
+            )
+        if mode != "vector" and not reader.has_text:
+            raise SearchError(
+                f"dataset {dataset!r} has no full-text index, so mode {mode!r} cannot run; turn on the spec's "
+                "`full_text` (it is on by default) and materialize the dataset, or use mode 'vector'"
+            )
+        if weights is not None:
+            unknown = sorted(set(weights) - set(PASSES))
+            bad = {name: w for name, w in weights.items() if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0}
+            if mode != "hybrid" or unknown or bad:
+                raise SearchError(
+                    f"weights apply to mode 'hybrid' only and name the passes {', '.join(PASSES)} with numbers "
+                    f">= 0 (got {weights!r} in mode {mode!r})"
+                )
+        return mode
 
     def search(
         self,
@@ -193,24 +232,48 @@ class Searcher:
         where: str | None = None,
         ef_search: int | None = None,
         group: bool = True,
+        mode: str | None = None,
+        weights: dict[str, float] | None = None,
+        keywords: str | Sequence[str] | None = None,
     ) -> pa.Table:
-        """Best first: the primary key, ``score`` (higher is better), ``distance``, served columns.
+        """Best first: the primary key, the scores, the served columns.
+
+        ``mode``: ``hybrid`` (the default for query text when the dataset has a full-text index:
+        the vector and text passes fused by reciprocal rank, k=60, with per-pass ``weights`` such
+        as ``{"vector": 1, "text": 2}``), ``vector`` (the default for a vector, or a dataset
+        without a text index) or ``text`` (BM25 alone; the text is words, never query syntax).
+        Scores: ``score`` and ``distance`` for ``vector``; ``score`` (BM25) for ``text``;
+        ``fused_score``, ``score``, ``distance``, ``text_score``, ``vector_rank``, ``text_rank``
+        for ``hybrid`` (a rank is null when that pass did not find the row). ``keywords`` (words,
+        or a list of them, as Spice's ``/v1/search`` takes them): what the text pass searches
+        instead of the query text; beside a query vector they make the search hybrid.
 
         ``where``: a SQL predicate over the served columns (``section = 'python' AND name LIKE
-        'py%'``); the result is then the top ``min(k, matching rows)``. A row whose text was split
-        into chunks is one result, scored by its best chunk; ``group=False`` returns the ``k`` best
-        chunks instead (a row may repeat). ``columns`` may add ``chunk`` (the matching chunk's text),
-        ``chunk_number``, ``chunk_start`` and ``chunk_end`` (its offsets in the row's embedded text).
+        'py%'``), applied to every pass before the cut; the result is then the top ``min(k,
+        matching rows)`` (in mode ``text``: rows that match the text too). A row whose text was
+        split into chunks is one result, scored by its best chunk; ``group=False`` returns the
+        ``k`` best chunks instead (a row may repeat). ``columns`` may add ``chunk`` (the matching
+        chunk's text), ``chunk_number``, ``chunk_start`` and ``chunk_end`` (its offsets in the
+        row's embedded text).
         """
         reader = self.reader(dataset)
         columns = self._check(reader, dataset, k, columns, ef_search)
         if isinstance(query, str) and not query.strip():
             raise SearchError(f"dataset {dataset!r}: the query text is empty; pass some words or a vector")
+        text = _words(dataset, keywords) if keywords is not None else query if isinstance(query, str) else None
+        if keywords is not None and mode == "vector":
+            raise SearchError(f"dataset {dataset!r}: keywords feed the text pass, which mode 'vector' does not run; drop one")
+        mode = self._mode(reader, dataset, text is not None, mode, weights)
         one = [query] if isinstance(query, str) else np.asarray(query, dtype=np.float32).reshape(1, -1)
-        vectors = self.query_vectors(dataset, one, reader)
+        vector = self.query_vectors(dataset, one, reader)[0] if mode != "text" else None
+        return self._answer(reader, dataset, vector, k, columns, ef_search, where, group, mode, text, weights)
+
+    def _answer(self, reader, dataset, vector, k, columns, ef_search, where, group, mode, text, weights) -> pa.Table:
         try:
-            return self._search_rows(reader, dataset, vectors[0], k, columns, ef_search, where, group)
+            return self._search_rows(reader, dataset, vector, k, columns, ef_search, where, group, mode, text, weights)
         except FilterError as error:
+            raise SearchError(f"dataset {dataset!r}: {error}") from error
+        except TextSearchUnavailable as error:
             raise SearchError(f"dataset {dataset!r}: {error}") from error
 
     def search_batch(
@@ -222,22 +285,43 @@ class Searcher:
         where: str | None = None,
         ef_search: int | None = None,
         group: bool = True,
+        mode: str | None = None,
+        weights: dict[str, float] | None = None,
     ) -> pa.Table:
         """Many queries at once (texts embedded in one batch): one Table, ``query`` (the position in
-        ``queries``) first, then what ``search`` returns, best first within each query."""
+        ``queries``) first, then what ``search`` returns, best first within each query (``mode``
+        as there; a batch of vectors is searched by vector)."""
         reader = self.reader(dataset)
         columns = self._check(reader, dataset, k, columns, ef_search)
-        vectors = self.query_vectors(dataset, queries, reader)
+        texts = all(isinstance(q, str) for q in queries) if not isinstance(queries, np.ndarray) else False
+        mode = self._mode(reader, dataset, texts, mode, weights)
+        if mode == "text":
+            empty = [i for i, q in enumerate(queries) if not q.strip()]
+            if empty:
+                raise SearchError(f"dataset {dataset!r}: query {empty[0]} is empty text; pass some words")
+            vectors = [None] * len(queries)
+        else:
+            vectors = self.query_vectors(dataset, queries, reader)
         tables = []
         for i, vector in enumerate(vectors):
-            try:
-                table = self._search_rows(reader, dataset, vector, k, columns, ef_search, where, group)
-            except FilterError as error:
-                raise SearchError(f"dataset {dataset!r}: {error}") from error
+            text = queries[i] if texts else None
+            table = self._answer(reader, dataset, vector, k, columns, ef_search, where, group, mode, text, weights)
             tables.append(table.add_column(0, "query", pa.array(np.full(table.num_rows, i, dtype=np.int32))))
         if not tables:
-            empty = self._search_rows(reader, dataset, np.zeros(reader.identity.dim, np.float32), 1, columns, ef_search, None, True)
-            empty = empty.slice(0, 0)
+            zero = np.zeros(reader.identity.dim, np.float32)
+            empty = self._answer(reader, dataset, zero, 1, columns, ef_search, None, True, "vector", None, None).slice(0, 0)
             return empty.add_column(0, "query", pa.array([], pa.int32()))
         return pa.concat_tables(tables)
 
+
+def _words(dataset: str, keywords: str | Sequence[str]) -> str:
+    """Keywords as the text pass's query: a string, or a list of strings joined by spaces."""
+    if isinstance(keywords, str):
+        words = keywords
+    elif isinstance(keywords, Sequence) and all(isinstance(w, str) for w in keywords):
+        words = " ".join(keywords)
+    else:
+        raise SearchError(f"dataset {dataset!r}: keywords must be a string or a list of strings, got {keywords!r}")
+    if not words.strip():
+        raise SearchError(f"dataset {dataset!r}: the keywords are empty; pass some words or leave them out")
+    return words

@@ -20,6 +20,10 @@ default ``.quiver/`` at the project root)::
           ef_construction: 128
           ef_search: 64
           dtype: f32                       # f32 | f16 | bf16 | i8
+        full_text:                         # keyword search beside the vectors (hybrid by default)
+          enabled: true                    # default true
+          columns: [description]           # default: the embedded columns; served with results
+          stemmer: english                 # default none: a Snowball language for word endings
         snapshots:                         # Weaviate's conditions; all must hold
           enabled: true
           interval_seconds: 21600
@@ -70,6 +74,11 @@ QUANTIZATIONS = ("int8",)  # embeddings.quantize; off when unset
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MODEL_WINDOWS = {DEFAULT_MODEL: 256}  # tokens the packaged model reads; others are checked when loaded
 MIN_CHUNK_TOKENS = 8
+# The Snowball languages tantivy's stemmer filter knows (full_text.stemmer)
+STEMMERS = (
+    "arabic", "danish", "dutch", "english", "finnish", "french", "german", "greek", "hungarian", "italian",
+    "norwegian", "portuguese", "romanian", "russian", "spanish", "swedish", "tamil", "turkish",
+)
 
 
 def default_chunk_tokens(window: int) -> int:
@@ -333,6 +342,27 @@ class VectorsSpec(_Model):
 _NonNegFloat = Annotated[float, Field(strict=True, ge=0)]
 
 
+class FullTextSpec(_Model):
+    """The dataset's full-text index (tantivy, BM25), fused with the vectors for text queries.
+
+    On by default over the embedded columns; ``columns`` may name other source columns (a product
+    code, a title that is not embedded), and every full-text column is served, since the index is
+    derived from the commit log, which carries the served columns. ``stemmer``: a Snowball
+    language (``english``, ``french``, ...) for word endings; identifiers are never stemmed. A
+    change takes effect with the next snapshot (Spice: ``full_text_search``)."""
+
+    enabled: Annotated[bool, Field(strict=True)] = True
+    columns: Columns | None = None
+    stemmer: Annotated[str, Field(strict=True, min_length=1)] | None = None
+
+    @field_validator("stemmer")
+    @classmethod
+    def _stemmer(cls, value: str | None) -> str | None:
+        if value is not None and value.lower() not in STEMMERS:
+            raise ValueError(f"got {value!r}; must be one of {', '.join(STEMMERS)}")
+        return value.lower() if value is not None else None
+
+
 class SnapshotsSpec(_Model):
     """When a snapshot of the index is taken; all conditions must hold (Weaviate's)."""
 
@@ -381,6 +411,7 @@ class DatasetSpec(_Model):
     columns: Columns | None = None
     embeddings: EmbeddingsSpec
     vectors: VectorsSpec = VectorsSpec()
+    full_text: FullTextSpec = FullTextSpec()
     snapshots: SnapshotsSpec = SnapshotsSpec()
     checks: ChecksSpec = ChecksSpec()
     refresh_cron: Annotated[str, Field(strict=True)] | None = None
@@ -426,6 +457,20 @@ class DatasetSpec(_Model):
                 "(e.g. '0 * * * *')"
             )
         return value
+
+    @property
+    def full_text_columns(self) -> tuple[str, ...]:
+        """The columns the full-text index holds (none when it is off)."""
+        if not self.full_text.enabled:
+            return ()
+        return self.full_text.columns or tuple(self.embeddings.columns)
+
+    @property
+    def served_columns(self) -> tuple[str, ...] | None:
+        """``columns`` plus the full-text columns it leaves out; None: every source column."""
+        if self.columns is None:
+            return None
+        return (*self.columns, *(c for c in self.full_text_columns if c not in self.columns))
 
     @model_validator(mode="after")
     def _time_column_needs_append(self) -> DatasetSpec:

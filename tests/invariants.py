@@ -7,6 +7,7 @@ files are read with usearch and pyarrow, the segments are folded, DuckDB is read
 
     I1 one truth            check_one_truth(database, dataset)
     I2 derived and exact    check_derived_and_exact(root, database, dataset)
+                            check_text_index(root): each snapshot's text/ holds exactly its units with text
     I3 all or nothing       check_all_or_nothing(root)
     I4 never rewritten      published_files(root) before, check_never_rewritten(before, root) after
     I5 readers keep serving check_reader_serves(reader, state)
@@ -23,7 +24,9 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+import tantivy
 from usearch.index import Index
 
 from quiver.resources.files import TEMP_MARKER
@@ -32,6 +35,7 @@ from quiver.resources.index.commitlog import CHUNK, CHUNK_COLUMNS, KEY, OP, OP_D
 from quiver.resources.index.errors import CorruptFileError
 from quiver.resources.index.manifest import MANIFEST_NAME, read_manifest
 from quiver.resources.index.store import LOCK_NAME
+from quiver.resources.index.text_index import TextConfig, unit_texts
 from quiver.resources.warehouse import INTERNAL, q
 
 
@@ -184,6 +188,31 @@ def check_derived_and_exact(root: Path, database: Path, dataset: str) -> State:
     return served
 
 
+def _keys_with_text(rows: pa.Table, config: TextConfig) -> set[int]:
+    texts = unit_texts(rows, config)
+    return {key for key, text in zip(rows.column(KEY).to_pylist(), texts) if text is not None}
+
+
+def check_text_index(root: Path) -> None:
+    """I2 for full text: each published snapshot with a text index holds one document per unit
+    of its rows file that has text, under the unit's key, and no other (read with tantivy directly)."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    for entry in (manifest.snapshot, manifest.previous_snapshot):
+        if entry is None or entry.text is None:
+            continue
+        directory = root / entry.dir
+        index = tantivy.Index.open(str(directory / snapshot.TEXT_DIR))
+        searcher = index.searcher()
+        hits = searcher.search(tantivy.Query.all_query(), limit=max(1, searcher.num_docs), count=False).hits
+        keys = searcher.fast_field_values("key", [address for _, address in hits])
+        if len(keys) != len(set(keys)):
+            _fail("I2", f"{directory}: the text index holds a key twice")
+        wanted = _keys_with_text(pq.read_table(directory / snapshot.ROWS_FILE), TextConfig.from_dict(entry.text))
+        if set(keys) != wanted:
+            _fail("I2", f"{directory}: the text index holds {len(set(keys) - wanted)} keys too many and misses {len(wanted - set(keys))}")
+
+
 # -- I3 ----------------------------------------------------------------------------------------------
 def check_all_or_nothing(root: Path) -> None:
     """No temp file is left; every file the manifest publishes has its size and checksum; every
@@ -247,6 +276,12 @@ def check_reader_serves(reader: IndexReader, state: State) -> None:
         hits = reader.search(want.vector, k=3, exact=True)
         if key not in hits.keys.tolist() or float(hits.distances.min()) > 1e-5:
             _fail("I5", f"key {key} ({want.pk!r}) is not found by its own vector")
+    config = TextConfig.from_dict(reader.manifest.text)
+    if config is not None:  # the full-text side answers exactly the live units that have text (I2)
+        keys = pa.array(list(state), pa.uint64())
+        table = pa.Table.from_pylist([entry.columns for entry in state.values()]).append_column(KEY, keys)
+        if set(reader.text_keys().tolist()) != _keys_with_text(table, config):
+            _fail("I5", "the reader's full-text index does not hold exactly the served units that have text")
 
 
 # -- I6 ----------------------------------------------------------------------------------------------
@@ -274,6 +309,8 @@ def check_bounded_files(root: Path) -> set[str]:
     for entry in (manifest.snapshot, manifest.previous_snapshot):
         if entry is not None:
             wanted |= {f"{entry.dir}/{name}" for name in entry.files}
+            if entry.text is not None:  # tantivy's own lock files: empty, kept so a reader need not create them
+                wanted |= {f"{entry.dir}/{snapshot.TEXT_DIR}/{name}" for name in snapshot.TANTIVY_LOCKS}
     # Segments are kept after the previous snapshot (the fallback replays them), or all of them
     # while there is none (the fallback is the empty index), unless keep_previous: false dropped them.
     kept_after = manifest.previous_snapshot.seq if manifest.previous_snapshot else 0
@@ -292,6 +329,7 @@ def check_at_rest(root: Path, database: Path | None = None, dataset: str | None 
     check_all_or_nothing(root)
     check_identity(root, read_manifest(root).identity)
     check_bounded_files(root)
+    check_text_index(root)
     if database is not None:
         return check_derived_and_exact(root, database, dataset or read_manifest(root).dataset)
     return index_state(root)

@@ -9,12 +9,19 @@ Format (JSON object, ``format_version`` 1):
     hnsw              {m, ef_construction, ef_search}
     primary_key       name of the primary-key column in segments and rows files
     snapshot          null, or the published snapshot:
-                        {seq, dir, files: {name: {bytes, checksum}}, vectors, tombstones, created_at}
-                      (checksum: ``xxh3_128:<hex>``, files.checksum_file)
+                        {seq, dir, files: {name: {bytes, checksum}}, vectors, tombstones, created_at,
+                         text}
+                      (checksum: ``xxh3_128:<hex>``, files.checksum_file; ``text``: null, or the
+                      ``text_index.TextConfig`` its ``text/`` index was written with; absent in
+                      manifests written before full-text search, read as null)
                       it covers every change with seq <= snapshot.seq
     previous_snapshot null or the snapshot before it, kept for fallback (I7: at most one): the
                       segments after it are kept too, so previous + segments reproduce
                       the published state exactly when the current snapshot is damaged
+    text              null, or the ``TextConfig`` of the served state's full-text index: set when the
+                      directory is created and by each snapshot (the writer's config then), so a
+                      change of the spec's ``full_text`` takes effect with the next snapshot; a
+                      reader analyzes the segments after the snapshot with it (absent: null)
     created_at        when the index directory was created (ISO 8601, UTC)
     updated_at        when this manifest was published
 
@@ -58,6 +65,7 @@ class SnapshotEntry:
     vectors: int
     tombstones: int
     created_at: str
+    text: dict | None = None  # text_index.TextConfig.to_dict() of its text/ index, if it has one
 
     @property
     def total_bytes(self) -> int:
@@ -73,6 +81,7 @@ class SnapshotEntry:
             vectors=int(data["vectors"]),
             tombstones=int(data["tombstones"]),
             created_at=data["created_at"],
+            text=data.get("text"),
         )
 
 
@@ -84,6 +93,7 @@ class Manifest:
     primary_key: str
     snapshot: SnapshotEntry | None = None
     previous_snapshot: SnapshotEntry | None = None
+    text: dict | None = None  # text_index.TextConfig.to_dict() of the served state, or None
     created_at: str = field(default_factory=utc_now)
     updated_at: str = field(default_factory=utc_now)
 
@@ -92,7 +102,8 @@ class Manifest:
         return self.snapshot.seq if self.snapshot else 0
 
     def with_snapshot(self, snapshot: SnapshotEntry, previous: SnapshotEntry | None) -> Manifest:
-        return replace(self, snapshot=snapshot, previous_snapshot=previous, updated_at=utc_now())
+        """``snapshot`` published; its text config becomes the served state's."""
+        return replace(self, snapshot=snapshot, previous_snapshot=previous, text=snapshot.text, updated_at=utc_now())
 
     def demoted(self) -> Manifest:
         """The previous snapshot made current again (the current one is damaged)."""
@@ -108,6 +119,7 @@ class Manifest:
             "primary_key": self.primary_key,
             "snapshot": asdict(self.snapshot) if self.snapshot else None,
             "previous_snapshot": asdict(self.previous_snapshot) if self.previous_snapshot else None,
+            "text": self.text,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -138,6 +150,7 @@ class Manifest:
                 previous_snapshot=(
                     SnapshotEntry.from_dict(data["previous_snapshot"]) if data["previous_snapshot"] else None
                 ),
+                text=data.get("text"),
                 created_at=data["created_at"],
                 updated_at=data["updated_at"],
             )

@@ -32,12 +32,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from quiver.resources.fusion import RRF_K, reciprocal_rank_fusion
 from quiver.resources.index import commitlog, snapshot
 from quiver.resources.index.commitlog import CHUNK, CHUNK_COLUMNS, KEY, OP, SEQ, VECTOR
 from quiver.resources.index.errors import CorruptFileError, IndexNotBuiltError, SnapshotUnrecoverableError
 from quiver.resources.index.identity import IndexIdentity, exact_distances, new_usearch_index, scores_from_distances
 from quiver.resources.index.manifest import MANIFEST_NAME, Manifest, read_manifest
 from quiver.resources.index.row_filter import RowFilter
+from quiver.resources.index.text_index import TextConfig, TextHits
+from quiver.resources.index.text_state import TextState
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,14 @@ EXACT_FILTER_KEYS = 4_096
 # search; alone, the graph wins from about 10,000 rows and the scan costs 0.6 ms at 20,000.
 DELTA_GRAPH_ROWS = 16_384
 DELTA_GRAPH_AFTER = 8  # scans of a large delta before its graph is built
+# Rows each pass of a hybrid search hands to the fusion (at least k): a row ranked low by one pass
+# and high by the other needs to be in both lists to be fused. See make bench-hybrid.
+HYBRID_DEPTH = 50
+PASSES = ("vector", "text")
+
+
+class TextSearchUnavailable(LookupError):
+    """The dataset has no full-text index (its spec's ``full_text`` is off)."""
 
 
 @dataclass
@@ -75,6 +86,7 @@ class _State:
     delta_graph: object = None  # the delta's HNSW graph once the background build finished
     delta_scans: int = 0
     _building: bool = False
+    text: TextState | None = None  # the full-text side, when the manifest has a text config
 
     def scanned_delta(self) -> None:
         """Count a brute-force scan of a large delta; start the graph's build after a few.
@@ -343,7 +355,19 @@ class IndexReader:
                 delta_keys = added.column(KEY).to_numpy()
                 delta_vectors = np.ascontiguousarray(commitlog.vectors_of(added, manifest.identity.dim))
                 delta_rows = added.drop_columns([SEQ, OP, VECTOR]).combine_chunks()  # see snapshot.open_snapshot
+        config = TextConfig.from_dict(manifest.text)
+        text = None
+        if config is not None:
+            text = TextState(
+                config,
+                snap.rows if snap else None,
+                snap.text if snap else None,
+                snap.text_config if snap else None,
+                delta_rows,
+                str(self.root),
+            )
         return _State(
+            text=text,
             manifest=manifest,
             manifest_stat=manifest_stat,
             snap=snap,
@@ -493,7 +517,10 @@ class IndexReader:
 
         Raises KeyError naming the keys that are not served (never inserted, or deleted).
         """
-        state = self.state
+        return self._vectors(self.state, keys)
+
+    @staticmethod
+    def _vectors(state: _State, keys: np.ndarray) -> np.ndarray:
         keys = np.asarray(keys, dtype=np.uint64)
         in_delta = _require_served(state, keys)
         out = np.empty((len(keys), state.manifest.identity.dim), dtype=np.float32)
@@ -532,7 +559,7 @@ class IndexReader:
             distances.append(found[1])
         if len(snap_match):
             if exact or len(snap_match) <= EXACT_FILTER_KEYS:
-                found = self._brute_force(state, snap_match, self.vectors(snap_match), vector, k)
+                found = self._brute_force(state, snap_match, self._vectors(state, snap_match), vector, k)
             else:
                 found = self._search_snapshot_matching(state, vector, k, ef_search, snap_match)
             keys.append(found[0])
@@ -558,7 +585,7 @@ class IndexReader:
                 break
             count = min(size, count * 4)
         if hit.sum() < wanted:
-            return self._brute_force(state, matching, self.vectors(matching), vector, k)
+            return self._brute_force(state, matching, self._vectors(state, matching), vector, k)
         return found_keys[hit][:k], np.asarray(found.distances, dtype=np.float32)[hit][:k]
 
     def rows(self, keys: np.ndarray, columns: list[str] | None = None) -> pa.Table:
@@ -611,31 +638,163 @@ class IndexReader:
         hits = self._search(state, vector, k, ef_search, False, where)
         if group and state.chunked:
             hits = self._best_chunk_per_row(state, vector, k, ef_search, where, hits)
-        rows = self._rows(state, hits.keys, columns)
         scores = scores_from_distances(self.identity.metric, hits.distances)
-        arrays = rows.columns
-        arrays[1:1] = [pa.array(scores, pa.float64()), pa.array(hits.distances.astype(np.float64))]
-        names = rows.column_names
-        names[1:1] = ["score", "distance"]
-        return pa.Table.from_arrays(arrays, names=names)
+        return _with_columns(
+            self._rows(state, hits.keys, columns),
+            {"score": pa.array(scores, pa.float64()), "distance": pa.array(hits.distances.astype(np.float64))},
+        )
 
     def _best_chunk_per_row(
         self, state: _State, vector: np.ndarray, k: int, ef_search: int | None, where: str | None, hits: Hits
     ) -> Hits:
-        """The first (best) hit of each primary key, ``k`` of them, searching wider (x4) while
-        chunks of the same rows fill the answer and the index has more to give."""
+        """The first (best) hit of each primary key, ``k`` of them (see ``_per_row``)."""
+        keys, distances = self._per_row(
+            state, k, (hits.keys, hits.distances), lambda n: astuple(self._search(state, vector, n, ef_search, False, where))
+        )
+        return Hits(keys, distances)
+
+    def _per_row(self, state: _State, k: int, found: tuple[np.ndarray, np.ndarray], fetch) -> tuple[np.ndarray, np.ndarray]:
+        """From units ``found`` best first (keys, values), the first (best) unit of each primary key,
+        ``k`` of them, fetching wider (``fetch(n)``, x4) while chunks of the same rows fill the answer
+        and the pass has more to give."""
         pk = state.manifest.primary_key
         fetched = k
+        keys, values = found
         while True:
-            owners = self._rows(state, hits.keys, []).column(pk)
+            owners = self._rows(state, keys, []).column(pk)
             codes = pc.index_in(owners, value_set=pc.unique(owners)).to_numpy(zero_copy_only=False)
             best = np.sort(np.unique(codes, return_index=True)[1])  # each row's first, best, hit
-            exhausted = len(hits.keys) < fetched  # the search gave all it had
+            exhausted = len(keys) < fetched  # the pass gave all it had
             if len(best) >= k or exhausted:
                 best = best[:k]
-                return Hits(hits.keys[best], hits.distances[best])
+                return keys[best], values[best]
             fetched *= 4
-            hits = self._search(state, vector, fetched, ef_search, False, where)
+            keys, values = fetch(fetched)
+
+    # -- full text ---------------------------------------------------------------------------
+    @property
+    def has_text(self) -> bool:
+        """Whether the served state has a full-text index."""
+        return self.state.text is not None
+
+    def text_keys(self) -> np.ndarray:
+        """Every key the full-text side of one state can return, ascending (for checks: I2 says
+        they are the live keys whose unit has text)."""
+        state = self.state
+        if state.text is None:
+            return np.empty(0, np.uint64)
+        parts = [np.empty(0, np.uint64)]
+        if state.text.snapshot is not None:
+            keys = state.text.snapshot.keys()
+            parts.append(keys[~_contains(state.shadowed, keys)])
+        if state.text.delta is not None:
+            parts.append(state.text.delta.keys())
+        return np.sort(np.concatenate(parts))
+
+    def search_text(self, text: str, k: int, where: str | None = None) -> TextHits:
+        """The ``k`` best live units for ``text`` by BM25 (exactly ``min(k, live matches)``)."""
+        return self._search_text(self.state, text, k, where)
+
+    def _search_text(self, state: _State, text: str, k: int, where: str | None) -> TextHits:
+        if state.text is None:
+            raise TextSearchUnavailable(
+                f"{self.root}: this index has no full-text index; set `full_text: {{enabled: true}}` in the "
+                "dataset's spec (the default) and materialize its index and snapshot, or search by vector"
+            )
+        shadowed = state.shadowed
+        if where is None:
+            return state.text.search(text, k, lambda keys: ~_contains(shadowed, keys), None)
+        snap_match, delta_match = state.row_filter([state.manifest.primary_key, *_served_columns(state)]).matching(where)
+        return state.text.search(
+            text,
+            k,
+            lambda keys: _contains(snap_match, keys) & ~_contains(shadowed, keys),
+            lambda keys: _contains(delta_match, keys),
+        )
+
+    def _text_ranking(self, state: _State, text: str, k: int, where: str | None, group: bool) -> tuple[np.ndarray, np.ndarray]:
+        hits = self._search_text(state, text, k, where)
+        found = (hits.keys, hits.scores)
+        if group and state.chunked:
+            found = self._per_row(state, k, found, lambda n: astuple(self._search_text(state, text, n, where)))
+        return found
+
+    def search_text_rows(
+        self, text: str, k: int, columns: list[str] | None = None, where: str | None = None, group: bool = True
+    ) -> pa.Table:
+        """Best first: the primary key, ``score`` (BM25, higher is better; comparable within one
+        answer only) and the served columns. ``group`` as in ``search_rows``."""
+        state = self.state
+        keys, scores = self._text_ranking(state, text, k, where, group)
+        return _with_columns(self._rows(state, keys, columns), {"score": pa.array(scores.astype(np.float64))})
+
+    def search_hybrid_rows(
+        self,
+        vector: np.ndarray,
+        text: str,
+        k: int,
+        columns: list[str] | None = None,
+        ef_search: int | None = None,
+        where: str | None = None,
+        group: bool = True,
+        weights: dict[str, float] | None = None,
+        rrf_k: int = RRF_K,
+    ) -> pa.Table:
+        """The vector pass and the text pass fused by reciprocal rank (per row when ``group``).
+
+        Best first: the primary key, ``fused_score``, ``score`` and ``distance`` (the row's vector
+        similarity to the query, also for rows only the text pass found), ``text_score`` (BM25,
+        null when the text pass did not find the row), ``vector_rank`` and ``text_rank`` (the row's
+        1-based place in each pass, null when that pass did not rank it), then the served columns.
+        Exactly ``min(k, rows matching where)`` rows: the vector pass ranks every row.
+        """
+        state = self.state
+        depth = max(k, HYBRID_DEPTH)
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        hits = self._search(state, vector, depth, ef_search, False, where)
+        if group and state.chunked:
+            hits = self._best_chunk_per_row(state, vector, depth, ef_search, where, hits)
+        text_keys, text_scores = self._text_ranking(state, text, depth, where, group)
+        pk = state.manifest.primary_key
+        by_row = group and state.chunked  # fuse rows, not chunks: a unit stands for its row
+        ids = {
+            "vector": self._rows(state, hits.keys, []).column(pk).to_pylist() if by_row else hits.keys.tolist(),
+            "text": self._rows(state, text_keys, []).column(pk).to_pylist() if by_row else text_keys.tolist(),
+        }
+        fused = reciprocal_rank_fusion(ids, k=rrf_k, weights=weights)[:k]
+        unit = {name: dict(zip(ids[name], keys.tolist())) for name, keys in (("text", text_keys), ("vector", hits.keys))}
+        keys = np.array([unit["vector"].get(f.key, unit["text"].get(f.key)) for f in fused], dtype=np.uint64)
+        distances = dict(zip(hits.keys.tolist(), hits.distances.tolist()))
+        missing = np.array([key for key in keys.tolist() if key not in distances], dtype=np.uint64)
+        if len(missing):  # found by text alone: its similarity is still the row's to show
+            exact = exact_distances(state.manifest.identity.metric, self._vectors(state, missing), vector)
+            distances |= dict(zip(missing.tolist(), exact.tolist()))
+        distance = np.array([distances[key] for key in keys.tolist()], dtype=np.float64)
+        text_score = dict(zip(text_keys.tolist(), text_scores.tolist()))
+        return _with_columns(
+            self._rows(state, keys, columns),
+            {
+                "fused_score": pa.array([f.score for f in fused], pa.float64()),
+                "score": pa.array(scores_from_distances(state.manifest.identity.metric, distance), pa.float64()),
+                "distance": pa.array(distance),
+                "text_score": pa.array([text_score.get(key) for key in keys.tolist()], pa.float64()),
+                "vector_rank": pa.array([f.ranks.get("vector") for f in fused], pa.int32()),
+                "text_rank": pa.array([f.ranks.get("text") for f in fused], pa.int32()),
+            },
+        )
+
+
+def astuple(hits) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, distances or scores) of a pass's hits."""
+    return (hits.keys, hits.distances) if isinstance(hits, Hits) else (hits.keys, hits.scores)
+
+
+def _with_columns(rows: pa.Table, extra: dict[str, pa.Array]) -> pa.Table:
+    """``rows`` (primary key first) with ``extra`` columns right after the primary key."""
+    arrays, names = rows.columns, rows.column_names
+    arrays[1:1] = list(extra.values())
+    names[1:1] = list(extra)
+    return pa.Table.from_arrays(arrays, names=names)
 
 
 def _require_served(state: _State, keys: np.ndarray) -> np.ndarray:

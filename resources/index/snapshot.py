@@ -2,6 +2,10 @@
 
     index.usearch   the usearch HNSW index (keys = ``_key``), saved by usearch to a temp path only
     rows.parquet    ``_key`` (uint64, ascending) + the primary key + the served columns; no vectors
+    text/           when the dataset has full-text search: the tantivy index of the same units
+                    (``text_index``), written from the rows file's served columns with the
+                    ``TextConfig`` the manifest's snapshot entry records; every file but tantivy's
+                    empty lock files is in the manifest with its checksum
 
 A snapshot at seq S holds the net effect of every change with seq <= S. The directory is built
 under a temp name, fsynced whole and renamed into place (I3); it is never modified afterwards (I4).
@@ -33,10 +37,13 @@ from quiver.resources.index.identity import (
     new_usearch_index,
 )
 from quiver.resources.index.manifest import FileEntry, SnapshotEntry, utc_now
+from quiver.resources.index.text_index import TextConfig, TextIndex, unit_texts, update_text_index, write_text_index
 
 SNAPSHOTS_DIR = "snapshots"
 INDEX_FILE = "index.usearch"
 ROWS_FILE = "rows.parquet"
+TEXT_DIR = "text"
+TANTIVY_LOCKS = (".tantivy-meta.lock", ".tantivy-writer.lock")  # empty, tantivy's own; never checksummed
 
 
 def snapshot_dirname(seq: int) -> str:
@@ -49,6 +56,8 @@ class SnapshotData:
 
     index: object  # usearch.index.Index
     rows: pa.Table | None
+    text: TextIndex | None = None  # the snapshot's full-text index, when it has one
+    text_config: dict | None = None  # what it was written with (TextConfig.to_dict())
 
     @property
     def vectors(self) -> int:
@@ -113,7 +122,13 @@ def open_snapshot(
         raise CorruptFileError(f"snapshot {directory} is unreadable ({error}): it is not served") from error
     if rows.num_rows != entry.vectors:
         raise CorruptFileError(f"{rows_path} has {rows.num_rows} rows, the manifest says {entry.vectors}")
-    return SnapshotData(index=index, rows=rows)
+    text = None
+    if entry.text is not None:
+        try:
+            text = TextIndex.open(directory / TEXT_DIR, TextConfig.from_dict(entry.text).analyzer)
+        except ValueError as error:  # tantivy raises ValueError for an index it cannot open
+            raise CorruptFileError(f"snapshot text index {directory / TEXT_DIR} is unreadable ({error}): it is not served") from error
+    return SnapshotData(index=index, rows=rows, text=text, text_config=entry.text)
 
 
 def check_snapshot(root: Path, entry: SnapshotEntry, identity: IndexIdentity) -> None:
@@ -175,8 +190,21 @@ def rebuild(data: SnapshotData, identity: IndexIdentity, params: HnswParams) -> 
     return SnapshotData(fresh, data.rows)
 
 
-def write_snapshot(root: Path, seq: int, data: SnapshotData) -> SnapshotEntry:
-    """Publish the snapshot directory for ``seq`` (not yet the manifest)."""
+@dataclass(frozen=True)
+class TextBase:
+    """The previous snapshot's text index and the keys changed since: the new one is that index
+    less the changed keys plus their new units (``text_index.update_text_index``)."""
+
+    directory: Path
+    changed: np.ndarray  # uint64: every key the folded segments upsert or delete
+
+
+def write_snapshot(
+    root: Path, seq: int, data: SnapshotData, text: TextConfig | None = None, text_base: TextBase | None = None
+) -> SnapshotEntry:
+    """Publish the snapshot directory for ``seq`` (not yet the manifest), with a text index of its
+    units written with ``text`` when given: from ``text_base`` at the cost of the change, else
+    from all the rows."""
     rows = data.rows
     if rows is None:
         raise ValueError("a snapshot needs a rows table; apply at least one segment first")
@@ -186,11 +214,28 @@ def write_snapshot(root: Path, seq: int, data: SnapshotData) -> SnapshotEntry:
         data.index.save(str(temp / INDEX_FILE))  # usearch writes in place, hence only to a temp dir
         kill_point("snapshot.mid_write")
         pq.write_table(rows, temp / ROWS_FILE, compression="zstd", write_page_checksum=True)
+        if text is None:
+            return
+        kill_point("snapshot.before_text")
+        if text_base is None:
+            write_text_index(temp / TEXT_DIR, rows.column(KEY).to_numpy(), unit_texts(rows, text), text.analyzer)
+            return
+        changed = pa.array(text_base.changed, pa.uint64())
+        added = rows.filter(pc.is_in(rows.column(KEY), value_set=changed))
+        update_text_index(
+            temp / TEXT_DIR, text_base.directory, text_base.changed, added.column(KEY).to_numpy(),
+            unit_texts(added, text), text.analyzer,
+        )
 
     directory = atomic_write(root / snapshot_dirname(seq), write, label="snapshot")
+    names = [INDEX_FILE, ROWS_FILE]
+    if text is not None:
+        names += sorted(
+            f"{TEXT_DIR}/{path.name}" for path in (directory / TEXT_DIR).iterdir() if path.name not in TANTIVY_LOCKS
+        )
     files = {
         name: FileEntry(bytes=(directory / name).stat().st_size, checksum=checksum_file(directory / name))
-        for name in (INDEX_FILE, ROWS_FILE)
+        for name in names
     }
     return SnapshotEntry(
         seq=seq,
@@ -199,4 +244,5 @@ def write_snapshot(root: Path, seq: int, data: SnapshotData) -> SnapshotEntry:
         vectors=data.vectors,
         tombstones=data.tombstones,
         created_at=utc_now(),
+        text=text.to_dict() if text is not None else None,
     )

@@ -40,10 +40,12 @@ from quiver.resources.index import commitlog, snapshot
 from quiver.resources.index.errors import CorruptFileError, IndexBusyError, SequenceError, SnapshotUnrecoverableError
 from quiver.resources.index.identity import HnswParams, IndexIdentity
 from quiver.resources.index.manifest import Manifest, SnapshotEntry, manifest_path, publish_manifest, read_manifest
+from quiver.resources.index.text_index import TextConfig
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".writer.lock"
+TEXT_REWRITE_FRACTION = 0.5  # changes above this share of the rows: the text index is written whole
 DAMAGED = "damaged"  # reset() reasons: kept for inspection ...
 REPLACED = "replaced"  # ... or removed once the rebuilt log is published
 
@@ -135,6 +137,7 @@ class IndexStore:
         params: HnswParams,
         primary_key: str,
         keep_previous: bool = True,
+        text: TextConfig | None = None,
     ):
         self.root = Path(root)
         self.dataset = dataset
@@ -145,6 +148,9 @@ class IndexStore:
         # served around with no DuckDB (a second copy of the vectors). Without it, the directory
         # holds one snapshot and the segments after it, and a damaged snapshot is rebuilt from DuckDB.
         self.keep_previous = keep_previous
+        # The full-text index each snapshot writes (None: no text search). A change takes effect
+        # with the next snapshot; until then readers keep the manifest's.
+        self.text = text
 
     # -- opening -----------------------------------------------------------------------------
     def open(self) -> Manifest:
@@ -157,7 +163,9 @@ class IndexStore:
         for path in remove_temp_files(self.root):
             log.warning("%s: removed temp file left by an interrupted write: %s", self.dataset, path)
         if not manifest_path(self.root).exists():
-            manifest = Manifest(self.dataset, self.identity, self.params, self.primary_key)
+            manifest = Manifest(
+                self.dataset, self.identity, self.params, self.primary_key, text=self.text.to_dict() if self.text else None
+            )
             publish_manifest(self.root, manifest)
             fsync_dir(self.root.parent)
             return manifest
@@ -171,6 +179,8 @@ class IndexStore:
         if manifest.hnsw != self.params:
             # HNSW knobs shape the graph, not the vectors: the next snapshot rebuilds with them.
             log.info("%s: HNSW parameters changed %s -> %s", self.dataset, manifest.hnsw, self.params)
+        if manifest.text != (self.text.to_dict() if self.text else None):
+            log.info("%s: full-text settings changed; the next snapshot writes the text index with them", self.dataset)
         return manifest
 
     @contextmanager
@@ -339,7 +349,7 @@ class IndexStore:
             # A directory for ``seq`` that the manifest does not name (its seq is above the
             # manifest's) is left by a crash before the manifest's publish: never served, replace it.
             remove_path(self.root / snapshot.snapshot_dirname(seq))
-            entry = snapshot.write_snapshot(self.root, seq, data)
+            entry = snapshot.write_snapshot(self.root, seq, data, self.text, self._text_base(manifest, folded, rebuilt, data))
             kill_point("snapshot.before_manifest")
             new_manifest = manifest.with_snapshot(entry, previous=manifest.snapshot if self.keep_previous else None)
             if manifest.hnsw != self.params:
@@ -355,6 +365,17 @@ class IndexStore:
                 rebuilt=rebuilt,
                 removed_files=removed,
             )
+
+    def _text_base(self, manifest: Manifest, folded: pa.Table, rebuilt: bool, data) -> snapshot.TextBase | None:
+        """Update the current snapshot's text index (the cost of the change) when it was written with
+        the same settings; write it whole when there is none, when the graph is rebuilt (that also
+        drops the deleted documents tantivy keeps until it merges), or when most rows changed."""
+        base = manifest.snapshot
+        if self.text is None or base is None or base.text != self.text.to_dict() or rebuilt:
+            return None
+        if folded.num_rows > TEXT_REWRITE_FRACTION * max(1, data.vectors):
+            return None
+        return snapshot.TextBase(self.root / base.dir / snapshot.TEXT_DIR, folded.column(commitlog.KEY).to_numpy())
 
     def _remove_covered(self, manifest: Manifest) -> int:
         """After publishing: drop what neither the snapshot nor its fallback needs (I7).

@@ -139,6 +139,6 @@ def layout_for(spec: DatasetSpec) -> TableLayout:
         primary_key=spec.primary_key,
         text_columns=tuple(spec.embeddings.columns),
         separator=spec.embeddings.separator,
-        served_columns=tuple(spec.columns) if spec.columns is not None else None,
+        served_columns=spec.served_columns,
         refresh_mode=spec.refresh_mode,
     )

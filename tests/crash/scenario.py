@@ -28,6 +28,7 @@ from quiver.resources.embed_refresh import RefreshResult, refresh_embeddings
 from quiver.resources.embedding import resolve_model_path
 from quiver.resources.embedding.chunking import Chunker, ChunkSettings
 from quiver.resources.index import HnswParams, IndexIdentity, IndexStore
+from quiver.resources.index.text_index import TextConfig
 from quiver.resources.log_sync import sync_log
 from tests.crash.hash_embedder import DIM, MODEL, embed
 from tests.invariants import State, check_derived_and_exact, table_state
@@ -56,7 +57,8 @@ def index_root(work: Path) -> Path:
 
 def store_for(work: Path) -> IndexStore:
     identity = IndexIdentity(dim=DIM, metric="cosine", dtype="f32", model=MODEL)
-    return IndexStore(index_root(work), DATASET, identity, PARAMS, PK)
+    # full text over the served name (not the embedded text): a snapshot writes a text index too
+    return IndexStore(index_root(work), DATASET, identity, PARAMS, PK, text=TextConfig(("name",), ("text",)))
 
 
 class Source:

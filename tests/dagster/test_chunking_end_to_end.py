@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 from quiver.pipelines.cli import dataset_status
 from quiver.pipelines.definitions import DUCKDB_FILE
 from quiver.pipelines.http_api import create_app
-from quiver.resources.search import Searcher, SearchError
+from quiver.resources.search import HYBRID_COLUMNS, Searcher, SearchError
 from quiver.resources.spec import load_spec
 from tests.conftest import dataset_entry, write_spec
 from tests.dagster.helpers import materialize_all, metadata_of
@@ -166,10 +166,11 @@ def test_k_distinct_rows_however_many_chunks_match(project):
 
     chunks = searcher.search(DS, query, k=10, group=False)
     assert len(set(chunks.column("pkg_id").to_pylist())) < 10, "the best chunks crowd a few rows"
-    rows_back = searcher.search(DS, query, k=len(TOPICS))
-    assert sorted(rows_back.column("pkg_id").to_pylist()) == list(range(len(TOPICS)))
-    scores = rows_back.column("score").to_pylist()
-    assert scores == sorted(scores, reverse=True)
+    for mode, score in (("hybrid", "fused_score"), ("vector", "score")):  # hybrid fuses rows, not chunks
+        rows_back = searcher.search(DS, query, k=len(TOPICS), mode=mode)
+        assert sorted(rows_back.column("pkg_id").to_pylist()) == list(range(len(TOPICS))), mode
+        scores = rows_back.column(score).to_pylist()
+        assert scores == sorted(scores, reverse=True), mode
 
     few = searcher.search(DS, query, k=5, where="section = 'rare'")
     assert sorted(few.column("pkg_id").to_pylist()) == [0, 5, 6]  # min(k, matching rows)
@@ -191,7 +192,7 @@ def test_the_command_line_returns_rows_or_chunks(project):
 
     rows = cli("--k", "3", "--columns", "package,chunk_number,chunk_start,chunk_end,chunk")
     assert [r["pkg_id"] for r in rows][0] == 1 and len({r["pkg_id"] for r in rows}) == 3
-    assert list(rows[0]) == ["pkg_id", "score", "distance", "package", "chunk_number", "chunk_start", "chunk_end", "chunk"]
+    assert list(rows[0]) == ["pkg_id", *HYBRID_COLUMNS, "package", "chunk_number", "chunk_start", "chunk_end", "chunk"]
     assert TOPICS[1] in rows[0]["chunk"]
     chunks = cli("--k", "6", "--chunks", "--columns", "chunk_number")
     assert len(chunks) == 6 and len({c["pkg_id"] for c in chunks}) < 6
@@ -200,7 +201,10 @@ def test_the_command_line_returns_rows_or_chunks(project):
 def test_the_chunk_text_needs_the_embedded_columns_served(project, tmp_path):
     path, _spec, home = project
     pq.write_table(source({i: long_text(i, 40) for i in range(2)}), path)
-    entry = dataset_entry(DS, path, columns=["package"], embeddings={"column": "short_description"})
+    # full_text over package alone: its columns are served too, and the embedded one must not be
+    entry = dataset_entry(
+        DS, path, columns=["package"], embeddings={"column": "short_description"}, full_text={"columns": ["package"]}
+    )
     spec = write_spec(tmp_path / "narrow.yaml", [entry])
     materialize_all(spec, home)
     searcher = Searcher.for_spec(home, load_spec(spec))

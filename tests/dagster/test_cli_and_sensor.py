@@ -13,6 +13,7 @@ from dagster import DagsterInstance, SensorResult, build_sensor_context, materia
 
 from quiver.assets import dataset_assets
 from quiver.pipelines.definitions import build_definitions, build_resources
+from quiver.resources.search import HYBRID_COLUMNS
 from quiver.resources.spec import load_spec
 from tests.conftest import ROOT, dataset_entry, write_spec
 
@@ -44,15 +45,18 @@ def test_search_json(built):
     assert done.returncode == 0, done.stderr
     hits = json.loads(done.stdout)
     assert len(hits) == 7
-    assert list(hits[0]) == ["pkg_id", "score", "distance", "package", "section"]
-    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    assert list(hits[0]) == ["pkg_id", *HYBRID_COLUMNS, "package", "section"]  # hybrid: the default with full text
+    assert [h["fused_score"] for h in hits] == sorted((h["fused_score"] for h in hits), reverse=True)
+    vector = json.loads(_cli(built, "search", "pkgs", "text editor", "--k", "7", "--json", "--mode", "vector").stdout)
+    assert list(vector[0]) == ["pkg_id", "score", "distance", "package", "section", "short_description"]
+    assert [h["score"] for h in vector] == sorted((h["score"] for h in vector), reverse=True)
 
 
 def test_search_table_and_errors(built):
     done = _cli(built, "search", "pkgs", "text editor", "--k", "3")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].split()[:3] == ["pkg_id", "score", "distance"] and len(lines) == 2 + 3
+    assert lines[0].split()[:7] == ["pkg_id", *HYBRID_COLUMNS] and len(lines) == 2 + 3
     unknown = _cli(built, "search", "nope", "text")
     assert unknown.returncode == 2 and "unknown dataset 'nope'; known datasets: pkgs" in unknown.stderr
     bad_k = _cli(built, "search", "pkgs", "text", "--k", "0")

@@ -8,12 +8,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from dagster import AssetKey, Definitions
+from starlette.testclient import TestClient
 
 from quiver.pipelines.definitions import DUCKDB_FILE, build_definitions
-from quiver.pipelines.query import search
+from quiver.pipelines.http_api import create_app
+from quiver.pipelines.query import search, searcher
 from quiver.resources.index import IndexReader
 from quiver.resources.index.commitlog import list_segments
-from quiver.resources.search import SearchError, UnknownDatasetError
+from quiver.resources.search import HYBRID_COLUMNS, SearchError, UnknownDatasetError
 from quiver.resources.spec import load_spec
 from tests.conftest import dataset_entry, write_spec
 from tests.dagster.helpers import materialize_all, metadata_of
@@ -48,11 +50,12 @@ def test_materialize_then_search(project):
 
     hits = search("pkgs", "python library for web development", k=10)
     assert hits.num_rows == 10
-    assert hits.column_names == ["pkg_id", "score", "distance", "package", "section", "short_description"]
-    scores = hits.column("score").to_pylist()
+    # hybrid: the default for text on a dataset with a full-text index (on by default)
+    assert hits.column_names == ["pkg_id", *HYBRID_COLUMNS, "package", "section", "short_description"]
+    scores = hits.column("fused_score").to_pylist()
     assert scores == sorted(scores, reverse=True)
     narrow = search("pkgs", "python library for web development", k=3, columns=["package"])
-    assert narrow.column_names == ["pkg_id", "score", "distance", "package"]
+    assert narrow.column_names == ["pkg_id", *HYBRID_COLUMNS, "package"]
     assert narrow.column("pkg_id").to_pylist() == hits.column("pkg_id").to_pylist()[:3]
 
     # I2: snapshot + segments equal the embedded table (keys, vectors, served columns).
@@ -131,10 +134,11 @@ def test_several_datasets_side_by_side(tmp_path, sample_table, monkeypatch):
     keys = set(defs.resolve_all_asset_keys())
     assert {AssetKey([d, s]) for d in ("alpha", "beta") for s in ("rows", "embeddings", "index", "snapshot")} <= keys
     run_all(spec_path, home)
-    alpha, beta = search("alpha", "game", k=5), search("beta", "game", k=5)
+    alpha, beta = search("alpha", "game", k=5), search("beta", "game", k=5, mode="vector")
     assert set(alpha.column("pkg_id").to_pylist()) <= set(sample_table.slice(0, 150).column("pkg_id").to_pylist())
     assert set(beta.column("pkg_id").to_pylist()) <= set(sample_table.slice(150, 120).column("pkg_id").to_pylist())
-    assert beta.column_names == ["pkg_id", "score", "distance", "package"]
+    # columns: [package], and short_description served too: the full-text index holds it (the embedded columns)
+    assert beta.column_names == ["pkg_id", "score", "distance", "package", "short_description"]
     assert all(0 < s <= 1 for s in beta.column("score").to_pylist())  # l2: 1 / (1 + distance)
     assert len(table_state(home / DUCKDB_FILE, "alpha")) == 150
     assert len(table_state(home / DUCKDB_FILE, "beta")) == 120
@@ -144,6 +148,18 @@ def test_several_datasets_side_by_side(tmp_path, sample_table, monkeypatch):
         search("alpha", "game", k=0)
     with pytest.raises(SearchError, match="not served"):
         search("beta", "game", columns=["section"])
+
+    # HTTP over both: each dataset's best, merged by fused_score (made of ranks) in mode hybrid,
+    # by the similarity in mode vector; left out, the mode is hybrid (both have a full-text index).
+    client = TestClient(create_app(searcher(), load_spec(spec_path)))
+    for mode, key in ((None, "fused_score"), ("hybrid", "fused_score"), ("vector", "score")):
+        body = client.post("/v1/search", json={"text": "game", "limit": 6, **({"mode": mode} if mode else {})}).json()
+        each = [(d, row) for d in ("alpha", "beta") for row in search(d, "game", k=6, mode=mode).to_pylist()]
+        best = sorted(each, key=lambda pair: pair[1][key], reverse=True)[:6]
+        assert [(m["dataset"], m["primary_key"]["pkg_id"]) for m in body["matches"]] == [
+            (d, row["pkg_id"]) for d, row in best
+        ], mode
+        assert [m[key] for m in body["matches"]] == pytest.approx([row[key] for _, row in best])
 
 
 def test_keep_previous_false_keeps_one_snapshot(tmp_path, sample_table):

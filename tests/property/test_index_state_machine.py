@@ -25,16 +25,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from quiver.resources.index import IndexReader, IndexStore, read_stats
+from quiver.resources.index import IndexReader, IndexStore, read_stats, snapshot
 from quiver.resources.index.commitlog import vector_type
 from quiver.resources.index.identity import HnswParams, IndexIdentity
 from quiver.resources.index.manifest import read_manifest
+from quiver.resources.index.text_index import TextConfig
 from tests.invariants import Entry, State, check_at_rest
 
 REPO = Path(__file__).resolve().parents[2]
 DIM = 6
 PK = "id"
 PARAMS = HnswParams(m=8, ef_construction=32, ef_search=32)
+TEXT = TextConfig(("name",), ("name",))  # the names are identifiers: pk<pk>-seq<seq>
 KEY_SPACE = 12
 pks = st.integers(0, KEY_SPACE - 1)
 vector_seeds = st.integers(0, 2**20)
@@ -83,7 +85,7 @@ class Index:
         self.store = self.open_store()
 
     def open_store(self) -> IndexStore:
-        store = IndexStore(self.root, "prop", self.identity, PARAMS, PK)
+        store = IndexStore(self.root, "prop", self.identity, PARAMS, PK, text=TEXT)
         store.open()
         return store
 
@@ -132,6 +134,10 @@ def check_reader(reader: IndexReader, index: Index) -> None:
     reader.refresh()
     model = index.model
     assert len(reader) == len(model)
+    # Full text answers exactly the live keys (I2), and each name, an identifier, finds its row first.
+    assert sorted(reader.text_keys().tolist()) == sorted(model)
+    for key, (_pk, _vector, name) in list(model.items())[:5]:
+        assert reader.search_text(name, 3).keys[0] == key, name
     everything = reader.search(np.ones(DIM, np.float32), k=len(model) + 3)
     assert sorted(everything.keys.tolist()) == sorted(model)
     if not model:
@@ -213,8 +219,14 @@ class IndexMachine(RuleBasedStateMachine):
             stats = read_stats(self.index.root)
             assert stats.last_seq == self.index.last_seq
             assert stats.segments == self.index.segments_since_snapshot
-            # manifest, lock, 2 snapshots x 2 files, the segments after each of them (I7)
-            assert stats.files <= 6 + stats.segments + self.index.segments_kept_for_fallback
+            # manifest, lock, 2 snapshots x (2 files + the text index's), the segments after each of them (I7)
+            manifest = read_manifest(self.index.root)
+            text_files = sum(
+                len(entry.files) - 2 + len(snapshot.TANTIVY_LOCKS)
+                for entry in (manifest.snapshot, manifest.previous_snapshot)
+                if entry is not None
+            )
+            assert stats.files <= 6 + text_files + stats.segments + self.index.segments_kept_for_fallback
 
     @invariant()
     def the_directory_alone_holds_the_model(self):

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pytest
 
 from quiver.pipelines.sql import register
+from quiver.resources.search import HYBRID_COLUMNS
 from tests.conftest import dataset_entry, write_spec
 from tests.dagster.helpers import materialize_all, metadata_of
 from tests.engine.test_values import TABLE_TEXT, TYPES
@@ -97,7 +98,7 @@ def test_search_table(built):
     done = _cli(built, "search", DS, "text editor", "--k", "4", "--columns", ",".join(SERVED))
     assert done.returncode == 0, done.stderr
     header, _, *lines = done.stdout.splitlines()
-    assert header.split() == ["pkg_id", "score", "distance", *SERVED]
+    assert header.split() == ["pkg_id", *HYBRID_COLUMNS, *SERVED]  # hybrid: the default with a full-text index
     for repr_mark in ("datetime.", "Decimal(", "b'", "UUID(", "None", "[('"):
         assert repr_mark not in done.stdout
     typed_lines = [line for line in lines if not line.endswith("NULL")]

@@ -13,6 +13,7 @@ import urllib.request
 import pytest
 
 from quiver.resources.search import Searcher
+from quiver.resources.spec import load_spec
 from tests.conftest import ROOT
 from tests.serving.conftest import env_for
 
@@ -71,7 +72,13 @@ def test_health(server):
     assert body == {"status": "ok", "datasets": [{"dataset": "pkgs", "built": True, "vectors": 150, "served_seq": 150}]}
 
 
+SPICE = {"value", "score", "dataset", "primary_key", "metadata"}  # a match's fields, as in Spice
+HYBRID = SPICE | {"fused_score", "text_score", "vector_rank", "text_rank"}
+ASEBA = 1188  # package "aseba": its name is a word only the full-text pass ranks first
+
+
 def test_search_spice_shape(server, built):
+    """The default on a dataset with a full-text index (the spec's default) is hybrid."""
     _, home, table = built
     request = {"text": "text editor", "datasets": ["pkgs"], "additional_columns": ["section"], "limit": 5}
     status, body = call(server[0], "/v1/search", request, headers={"Content-Type": "application/json"})
@@ -79,8 +86,8 @@ def test_search_spice_shape(server, built):
     assert set(body) == {"matches", "duration_ms"} and isinstance(body["duration_ms"], int)
     matches = body["matches"]
     assert len(matches) == 5
-    assert all(set(m) == {"value", "score", "dataset", "primary_key", "metadata"} for m in matches)
-    assert [m["score"] for m in matches] == sorted((m["score"] for m in matches), reverse=True)
+    assert all(set(m) == HYBRID for m in matches)
+    assert [m["fused_score"] for m in matches] == sorted((m["fused_score"] for m in matches), reverse=True)
     rows = {r["pkg_id"]: r for r in table.to_pylist()}
     for m in matches:
         row = rows[m["primary_key"]["pkg_id"]]
@@ -89,6 +96,54 @@ def test_search_spice_shape(server, built):
         assert m["metadata"] == {"section": row["section"]}
     python = Searcher(home, ["pkgs"]).search("pkgs", "text editor", k=5)
     assert [m["primary_key"]["pkg_id"] for m in matches] == python.column("pkg_id").to_pylist()
+    for m, row in zip(matches, python.to_pylist()):
+        assert {n: m[n] for n in HYBRID - SPICE} == {n: row[n] for n in HYBRID - SPICE}
+        assert m["score"] == pytest.approx(row["score"])  # the vector similarity, beside the fused score
+
+
+def test_mode_vector_is_spice_shape_by_similarity(server, built):
+    home = built[1]
+    status, body = call(server[0], "/v1/search", {"text": "text editor", "mode": "vector", "limit": 5})
+    assert status == 200, body
+    matches = body["matches"]
+    assert all(set(m) == SPICE for m in matches)
+    python = Searcher(home, ["pkgs"]).search("pkgs", "text editor", k=5, mode="vector")
+    assert [m["primary_key"]["pkg_id"] for m in matches] == python.column("pkg_id").to_pylist()
+    assert [m["score"] for m in matches] == pytest.approx(python.column("score").to_pylist())
+    assert [m["score"] for m in matches] == sorted((m["score"] for m in matches), reverse=True)
+
+
+def test_mode_text_finds_a_name_by_bm25(server, built):
+    home = built[1]
+    status, body = call(server[0], "/v1/search", {"text": "aseba", "mode": "text", "additional_columns": ["package"]})
+    assert status == 200, body
+    matches = body["matches"]
+    assert matches[0]["primary_key"] == {"pkg_id": ASEBA} and matches[0]["metadata"] == {"package": "aseba"}
+    assert all(set(m) == SPICE for m in matches)
+    python = Searcher(home, ["pkgs"]).search("pkgs", "aseba", mode="text")
+    assert [m["score"] for m in matches] == pytest.approx(python.column("score").to_pylist())  # BM25
+    vector = Searcher(home, ["pkgs"]).search("pkgs", "aseba", mode="vector")
+    assert vector.column("pkg_id")[0].as_py() != ASEBA  # what the text pass adds
+
+
+def test_keywords_make_it_hybrid(server, built):
+    """As in Spice: keywords beside the text make the search hybrid, the text pass searching them."""
+    spec_path, home, _ = built
+    request = {"text": "robot control framework", "keywords": ["aseba"], "limit": 5}
+    status, body = call(server[0], "/v1/search", request)
+    assert status == 200, body
+    matches = body["matches"]
+    assert all(set(m) == HYBRID for m in matches)
+    by_pk = {m["primary_key"]["pkg_id"]: m for m in matches}
+    assert by_pk[ASEBA]["text_rank"] == 1 and by_pk[ASEBA]["text_score"] > 0
+    assert all(m["text_rank"] is None and m["text_score"] is None for pk, m in by_pk.items() if pk != ASEBA)
+    python = Searcher.for_spec(home, load_spec(spec_path)).search(
+        "pkgs", "robot control framework", k=5, keywords=["aseba"]
+    )
+    assert list(by_pk) == python.column("pkg_id").to_pylist()
+    assert [m["vector_rank"] for m in matches] == python.column("vector_rank").to_pylist()
+    status, body = call(server[0], "/v1/search", {**request, "mode": "text"})
+    assert status == 200 and [m["primary_key"]["pkg_id"] for m in body["matches"]] == [ASEBA]
 
 
 def test_defaults_all_datasets_and_no_content_type(server):
@@ -110,7 +165,13 @@ def test_defaults_all_datasets_and_no_content_type(server):
         (b'{"text": "x", "limit": "5"}', '"limit" must be a positive integer'),
         (b'{"text": "x", "datasets": "pkgs"}', '"datasets" must be a list of strings'),
         (b'{"text": "x", "datasets": []}', '"datasets" is empty'),
-        (b'{"text": "x", "keywords": ["a"]}', "unknown fields ['keywords']"),
+        (b'{"text": "x", "keyword": ["a"]}', "unknown fields ['keyword']"),
+        (b'{"text": "x", "mode": "fuzzy"}', '"mode" must be one of "hybrid", "vector", "text", got "fuzzy"'),
+        (b'{"text": "x", "mode": ["text"]}', '"mode" must be one of "hybrid", "vector", "text", got ["text"]'),
+        (b'{"text": "x", "keywords": "aseba"}', '"keywords" must be a list of strings, got "aseba"'),
+        (b'{"text": "x", "keywords": ["aseba", 3]}', '"keywords" must be a list of strings'),
+        (b'{"text": "x", "keywords": ["  "]}', '"keywords" must hold some words'),
+        (b'{"text": "x", "keywords": ["aseba"], "mode": "vector"}', 'use them with "mode" hybrid or text'),
         (b'{"text": "x", "additional_columns": ["price"]}', "additional_columns ['price'] are not served"),
     ],
 )

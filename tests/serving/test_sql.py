@@ -1,4 +1,5 @@
-"""The SQL surface on a real DuckDB connection: vector_search(...) as a table, quiver_search(...) as a list."""
+"""The SQL surface on a real DuckDB connection: vector_search(...), text_search(...) and rrf(...) as
+tables, quiver_search(...) as a list."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import duckdb
 import pytest
 
 from quiver.pipelines.sql import register
-from quiver.resources.search import Searcher
+from quiver.resources.fusion import reciprocal_rank_fusion
+from quiver.resources.search import HYBRID_COLUMNS, Searcher
+from quiver.resources.spec import load_spec
+
+ASEBA = 1188  # package "aseba": its name is a word only the full-text pass ranks first
+RRF = ["rank", "primary_key", *HYBRID_COLUMNS, "data"]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +42,7 @@ def test_vector_search_table_best_first(conn, built):
 
 def test_same_answer_as_python(conn, built):
     home = built[1]
-    python = Searcher(home, ["pkgs"]).search("pkgs", "python library", k=5)
+    python = Searcher(home, ["pkgs"]).search("pkgs", "python library", k=5, mode="vector")
     sql = conn.sql("SELECT primary_key, score FROM vector_search('pkgs', 'python library', 5)").fetchall()
     assert [int(pk) for pk, _ in sql] == python.column("pkg_id").to_pylist()
     assert [s for _, s in sql] == pytest.approx(python.column("score").to_pylist())
@@ -124,3 +130,106 @@ def test_bad_filter_is_refused(conn):
     with pytest.raises(duckdb.InvalidInputException, match="not served|not a SQL predicate|where"):
         conn.sql("SELECT * FROM vector_search('pkgs', 'x', 3, filter := '1=1; DROP TABLE packages')").fetchall()
     assert conn.sql("SELECT count(*) FROM packages").fetchone()[0] == 150
+
+
+# --- text_search and rrf ------------------------------------------------------------------------
+
+
+def test_text_search_is_bm25_alone(conn, built):
+    rel = conn.sql("SELECT * FROM text_search('pkgs', 'aseba')")
+    assert rel.columns == ["rank", "primary_key", "score", "distance", "data"]
+    assert [str(t) for t in rel.types] == ["INTEGER", "VARCHAR", "DOUBLE", "DOUBLE", "JSON"]
+    rows = rel.fetchall()
+    assert rows[0][1] == str(ASEBA) and json.loads(rows[0][4])["package"] == "aseba"
+    assert all(distance is None for _, _, _, distance, _ in rows)
+    python = Searcher(built[1], ["pkgs"]).search("pkgs", "aseba", mode="text")
+    assert [int(r[1]) for r in rows] == python.column("pkg_id").to_pylist()
+    assert [r[2] for r in rows] == pytest.approx(python.column("score").to_pylist())
+    vector_first = conn.sql("SELECT primary_key FROM vector_search('pkgs', 'aseba', 1)").fetchone()[0]
+    assert vector_first != str(ASEBA)  # what the text pass adds
+
+
+def test_text_search_filter_and_k(conn):
+    many = conn.sql("SELECT primary_key FROM text_search('pkgs', 'library development', 500)").fetchall()
+    few = conn.sql("SELECT primary_key FROM text_search('pkgs', 'library development', 2)").fetchall()
+    assert len(many) > 2 and few == many[:2]
+    rows = conn.sql(
+        "SELECT data->>'section' FROM text_search('pkgs', 'library development', 500, "
+        "filter := 'section = ''libdevel''')"
+    ).fetchall()
+    assert 0 < len(rows) < len(many) and {r[0] for r in rows} == {"libdevel"}
+
+
+def _ranking(conn, macro: str, query: str, depth: int) -> list[str]:
+    sql = f"SELECT primary_key FROM {macro}('pkgs', '{query}', {depth}) ORDER BY rank"
+    return [r[0] for r in conn.sql(sql).fetchall()]
+
+
+@pytest.mark.parametrize("query", ["aseba", "text editor", "bluetooth scanner", "python library"])
+def test_rrf_is_the_fusion_of_the_two_macros(conn, query):
+    rel = conn.sql(f"SELECT * FROM rrf('pkgs', '{query}', 10)")
+    assert rel.columns == RRF
+    rows = [dict(zip(RRF, r)) for r in rel.fetchall()]
+    assert [r["rank"] for r in rows] == list(range(1, 11))
+    # Recomputed in Python from the two passes, each asked for its 50 best (the macro's depth).
+    passes = {"vector": _ranking(conn, "vector_search", query, 50), "text": _ranking(conn, "text_search", query, 50)}
+    assert passes["text"], "the query must reach the text pass too"
+    fused = reciprocal_rank_fusion(passes)[:10]
+    assert [r["primary_key"] for r in rows] == [f.key for f in fused]
+    assert [r["fused_score"] for r in rows] == pytest.approx([f.score for f in fused])
+    for row, f in zip(rows, fused):
+        assert (row["vector_rank"], row["text_rank"]) == (f.ranks.get("vector"), f.ranks.get("text"))
+        assert (row["score"] is None) == (row["distance"] is None) == (row["vector_rank"] is None)
+        assert (row["text_score"] is None) == (row["text_rank"] is None)
+
+
+def test_rrf_and_python_hybrid_agree_on_a_name(conn, built):
+    spec_path, home, _ = built
+    rows = conn.sql("SELECT primary_key, text_rank, data->>'package' FROM rrf('pkgs', 'aseba', 5)").fetchall()
+    assert rows[0] == (str(ASEBA), 1, "aseba")
+    python = Searcher.for_spec(home, load_spec(spec_path)).search("pkgs", "aseba", k=5, mode="hybrid")
+    assert python.column("pkg_id")[0].as_py() == ASEBA
+    assert [int(pk) for pk, _, _ in rows] == python.column("pkg_id").to_pylist()  # same depth, same ranks
+
+
+def test_rrf_weights_and_rrf_k(conn):
+    sql = "SELECT primary_key FROM rrf('pkgs', 'library development', 3, vector_weight := 0)"
+    texts = _ranking(conn, "text_search", "library development", 3)
+    assert [r[0] for r in conn.sql(sql).fetchall()] == texts  # a pass of weight 0 only breaks ties
+    sql = "SELECT fused_score, vector_rank, text_rank FROM rrf('pkgs', 'aseba', 1, rrf_k := 0, text_weight := 2)"
+    score, vector_rank, text_rank = conn.sql(sql).fetchone()
+    assert text_rank == 1 and score == pytest.approx(2 / text_rank + (1 / vector_rank if vector_rank else 0))
+
+
+def test_rrf_filter(conn, built):
+    _, _, table = built
+    python_ones = sum(1 for s in table.column("section").to_pylist() if s == "python")
+    rows = conn.sql(
+        "SELECT data->>'section' FROM rrf('pkgs', 'python library', 500, filter := 'section = ''python''')"
+    ).fetchall()
+    assert len(rows) == python_ones > 0 and {r[0] for r in rows} == {"python"}
+
+
+def test_quiver_search_mode(conn):
+    text = conn.sql("SELECT quiver_search('pkgs', 'aseba', 3, mode := 'text')[1]").fetchone()[0]
+    assert text["primary_key"] == str(ASEBA) and text["score"] > 0 and text["distance"] is None
+    default = conn.sql("SELECT quiver_search('pkgs', 'aseba', 3)[1]").fetchone()[0]  # hybrid: a full-text index
+    assert default["primary_key"] == str(ASEBA) and default["fused_score"] > 0 and default["text_rank"] == 1
+    vector = conn.sql("SELECT quiver_search('pkgs', 'aseba', 3, mode := 'vector')[1]").fetchone()[0]
+    assert vector["fused_score"] is None and vector["text_score"] is None and vector["distance"] is not None
+
+
+@pytest.mark.parametrize(
+    "sql, message",
+    [
+        ("SELECT * FROM rrf('pkgs', 'x', 0)", "rrf: k must be a positive integer, got 0"),
+        ("SELECT * FROM rrf('pkgs', 'x', 3, rrf_k := -1)", "rrf: rrf_k must be 0 or more, got -1"),
+        ("SELECT * FROM rrf('pkgs', 'x', 3, text_weight := -1)", "vector_weight and text_weight must be numbers >= 0"),
+        ("SELECT * FROM text_search('pkgs', '  ', 3)", "empty text"),
+        ("SELECT * FROM text_search('nope', 'x', 3)", "unknown dataset 'nope'"),
+        ("SELECT quiver_search('pkgs', 'x', 3, mode := 'fuzzy')", "mode must be one of hybrid, vector, text"),
+    ],
+)
+def test_text_and_rrf_errors(conn, sql, message):
+    with pytest.raises(duckdb.InvalidInputException, match=message):
+        conn.sql(sql).fetchall()
