@@ -38,7 +38,7 @@ the Python hybrid search, so both give the same ranks), the lists are joined on 
 
     fused_score = coalesce(vector_weight / (rrf_k + v.rank), 0) + coalesce(text_weight / (rrf_k + t.rank), 0)
 
-orders them (ties: the better best rank, then the vector pass's order), ``k`` rows. Its columns:
+orders them (ties: the better best rank, then the text pass's order, as in Python), ``k`` rows. Its columns:
 ``rank``, ``primary_key``, ``fused_score``, ``score`` and ``distance`` (the vector pass's, NULL for a
 row only the text pass found; Python's hybrid search computes them for that row too),
 ``text_score`` (BM25), ``vector_rank``, ``text_rank`` (NULL where that pass did not rank the row),
@@ -133,8 +133,8 @@ MACROS = {
               ON v.primary_key = t.primary_key
         )
         SELECT CAST(row_number() OVER (
-                   ORDER BY fused_score DESC, least(vector_rank, text_rank), vector_rank IS NULL,
-                            coalesce(vector_rank, text_rank)
+                   ORDER BY fused_score DESC, least(vector_rank, text_rank), text_rank IS NULL,
+                            coalesce(text_rank, vector_rank)
                ) AS INTEGER) AS rank,
                primary_key, fused_score, score, distance, text_score, vector_rank, text_rank, data
         FROM fused

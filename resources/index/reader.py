@@ -58,7 +58,13 @@ DELTA_GRAPH_AFTER = 8  # scans of a large delta before its graph is built
 # Rows each pass of a hybrid search hands to the fusion (at least k): a row ranked low by one pass
 # and high by the other needs to be in both lists to be fused. See make bench-hybrid.
 HYBRID_DEPTH = 50
-PASSES = ("vector", "text")
+# The passes in fusion order: a tie of fused scores (a row only one pass found, at the same rank as
+# a row only the other found) goes to the text pass's row. Measured by make bench-hybrid (10,000
+# Debian packages, 1,000 queries, two query seeds): a typed name first 0.959 / 0.954 of the time
+# with text first, 0.921 / 0.909 with vector first; a paraphrased description in the top 10 0.838
+# / 0.821 against 0.840 / 0.823. A text weight of 1.1 instead won the names as well but let text-only
+# rows crowd paraphrase answers (top 10: 0.813).
+PASSES = ("text", "vector")
 
 
 class TextSearchUnavailable(LookupError):
@@ -757,9 +763,10 @@ class IndexReader:
         text_keys, text_scores = self._text_ranking(state, text, depth, where, group)
         pk = state.manifest.primary_key
         by_row = group and state.chunked  # fuse rows, not chunks: a unit stands for its row
+        ranked = {"vector": hits.keys, "text": text_keys}
         ids = {
-            "vector": self._rows(state, hits.keys, []).column(pk).to_pylist() if by_row else hits.keys.tolist(),
-            "text": self._rows(state, text_keys, []).column(pk).to_pylist() if by_row else text_keys.tolist(),
+            name: self._rows(state, ranked[name], []).column(pk).to_pylist() if by_row else ranked[name].tolist()
+            for name in PASSES
         }
         fused = reciprocal_rank_fusion(ids, k=rrf_k, weights=weights)[:k]
         unit = {name: dict(zip(ids[name], keys.tolist())) for name, keys in (("text", text_keys), ("vector", hits.keys))}

@@ -518,7 +518,7 @@ def time_refresh(
     rows = [
         ["next take_snapshot without text", f"{plain:.1f}", ""],
         [
-            "next take_snapshot with text (rewrites text/)",
+            "next take_snapshot with text (updates text/: the changed keys only)",
             f"{full:.1f}",
             f"{full - plain:+.1f} s ({full / plain:.2f}x)",
         ],

@@ -172,7 +172,7 @@ def test_rrf_is_the_fusion_of_the_two_macros(conn, query):
     rows = [dict(zip(RRF, r)) for r in rel.fetchall()]
     assert [r["rank"] for r in rows] == list(range(1, 11))
     # Recomputed in Python from the two passes, each asked for its 50 best (the macro's depth).
-    passes = {"vector": _ranking(conn, "vector_search", query, 50), "text": _ranking(conn, "text_search", query, 50)}
+    passes = {"text": _ranking(conn, "text_search", query, 50), "vector": _ranking(conn, "vector_search", query, 50)}
     assert passes["text"], "the query must reach the text pass too"
     fused = reciprocal_rank_fusion(passes)[:10]
     assert [r["primary_key"] for r in rows] == [f.key for f in fused]
