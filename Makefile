@@ -8,6 +8,8 @@ export QUIVER_HOME ?= $(CURDIR)/.quiver
 export DAGSTER_HOME ?= $(QUIVER_HOME)/dagster
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
+# Playwright (in the lock file) drives Debian's chromium below; it never downloads a browser of its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .PHONY: install demo test test-slow dev bench bench-pipeline bench-refresh bench-churn bench-write-cost bench-freshness bench-serving bench-embedding bench-chunking bench-refresh-cost bench-hybrid clean
 
@@ -21,9 +23,17 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
 
-install: $(STAMP)
+# Debian's chromium for the browser test of the Dagster UI (tests/dagster/test_ui_browser.py); skipped
+# when it is there, sudo only when not root, an `apt-get update` only when the install fails without one.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_CHROMIUM := $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+$(CHROMIUM):
+	$(APT_CHROMIUM) || { $(SUDO) apt-get update && $(APT_CHROMIUM); }
 
-# The instance storage is created here, once: a first `dagster dev` would otherwise have its daemon
+install: $(STAMP) $(CHROMIUM)
+
+# The instance storage is created here, once: a first `dg dev` would otherwise have its daemon
 # and code server race to create the same SQLite files.
 $(DAGSTER_HOME)/dagster.yaml: pipelines/dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
@@ -45,8 +55,9 @@ test-slow: install
 	QUIVER_HYPOTHESIS_PROFILE=slow QUIVER_CRASH_TRIALS=10 QUIVER_READERS_SECONDS=180 \
 		$(BIN)/python -m pytest -q tests/property tests/crash
 
+# `dg dev` (dagster-dg-cli), not the superseded `dagster dev`; on workspace.yaml, as the daemon and the UI test.
 dev: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/dg dev -w workspace.yaml
 
 # quiver vs DuckDB's vss extension vs raw usearch, one table (BENCH_SIZE=small|medium|large).
 # vss runs in its own venv with its own DuckDB, pinned; the extension comes from the package (no network).

@@ -7,8 +7,17 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from quiver.resources import health, warehouse
-from quiver.resources.dagster_resources import WRITER_POOL, EmbedderResource, key, mark_run, open_connection, tags
+from quiver.resources import embedding, health, warehouse
+from quiver.resources.dagster_resources import (
+    WRITER_POOL,
+    EmbedderResource,
+    holds_writer_lock,
+    key,
+    mark_run,
+    open_connection,
+    tags,
+    user_errors,
+)
 from quiver.resources.embed_refresh import BATCH_ROWS, RefreshResult, refresh_embeddings
 from quiver.resources.embedding.chunking import ChunkSettings
 from quiver.resources.embedding.progress import ProgressLog
@@ -33,9 +42,19 @@ def rebuild_fix(spec: DatasetSpec) -> str:
     return (
         f"ask for a full rebuild (it embeds every row again and rebuilds the index): set `full_rebuild: true` "
         f"in the run config of {asset.to_user_string()} (Dagster launchpad), or run\n"
-        f"  dagster asset materialize -m quiver.pipelines.definitions --select 'tag:dataset={spec.name}' "
+        f"  dg launch -m quiver.pipelines.definitions --assets 'key:{spec.name}/rows+' "
         f"--config-json '{json.dumps(config)}'"
     )
+
+
+def _runtime_kind(spec: DatasetSpec) -> str:
+    """What runs the model by default here: ONNX Runtime on a CPU, torch where a CUDA GPU is
+    (``$QUIVER_EMBED_BACKEND`` may choose; the embedder resource may too, at run time)."""
+    try:
+        backend, _ = embedding.choose_backend(None, None, spec.embeddings.quantize)
+    except ValueError:
+        return "onnx"
+    return "pytorch" if backend == "torch" else "onnx"
 
 
 def embeddings_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
@@ -47,13 +66,15 @@ def embeddings_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         key=key(spec, "embeddings"),
         deps=[key(spec, "rows")],
         group_name="embed",
-        kinds={"duckdb", "pytorch"},
+        kinds={"duckdb", _runtime_kind(spec)},
         tags=tags(spec),
         pool=WRITER_POOL,
         description=f"Table {spec.name}_embeddings: one {model_name} vector per chunk of each row of {spec.name!r} "
         "with non-empty text (one chunk when the text fits the model's window), its offsets, the row's content "
         "hash and the seq of its last change; plus the change records.",
     )
+    @user_errors
+    @holds_writer_lock
     def embeddings(
         context: dg.AssetExecutionContext, config: EmbeddingsConfig, duckdb: DuckDBResource, embedder: EmbedderResource
     ) -> dg.MaterializeResult:

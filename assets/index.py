@@ -8,7 +8,16 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from quiver.resources import health, warehouse
-from quiver.resources.dagster_resources import WRITER_POOL, IndexResource, key, mark_run, open_connection, tags
+from quiver.resources.dagster_resources import (
+    WRITER_POOL,
+    IndexResource,
+    holds_writer_lock,
+    key,
+    mark_run,
+    open_connection,
+    tags,
+    user_errors,
+)
 from quiver.resources.index import CorruptFileError, read_stats
 from quiver.resources.log_sync import sync_log
 from quiver.resources.spec import DatasetSpec
@@ -38,6 +47,8 @@ def index_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         description=f"Commit log of {spec.name!r}'s HNSW index: immutable Parquet segments of the changes "
         "since the log's last seq. Idempotent: a rerun after any crash catches up.",
     )
+    @user_errors
+    @holds_writer_lock
     def index(
         context: dg.AssetExecutionContext, config: IndexConfig, duckdb: DuckDBResource, index_store: IndexResource
     ) -> dg.MaterializeResult:

@@ -6,7 +6,16 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from quiver.resources import health, warehouse
-from quiver.resources.dagster_resources import WRITER_POOL, key, mark_run, open_connection, tags
+from quiver.resources.dagster_resources import (
+    WRITER_POOL,
+    check_before_work,
+    holds_writer_lock,
+    key,
+    mark_run,
+    open_connection,
+    tags,
+    user_errors,
+)
 from quiver.resources.spec import DatasetSpec
 from quiver.resources.warehouse import layout_for
 
@@ -24,9 +33,12 @@ def rows_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         description=f"Table {spec.name}_rows: the source rows of {spec.name!r} (primary key "
         f"{spec.primary_key!r}, served and embedded columns), checked for a unique non-null key.",
     )
+    @user_errors
+    @holds_writer_lock
     def rows(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
         started = time.perf_counter()
         mark_run(context)  # a writer: if its process is killed, the slot it holds can be freed
+        check_before_work(spec)
         files = warehouse.resolve_source_files(spec.name, spec.source_path)
         with open_connection(duckdb) as conn:
             loaded = warehouse.load_source(conn, table, files, time_column=spec.time_column)

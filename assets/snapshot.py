@@ -5,7 +5,7 @@ import time
 import dagster as dg
 
 from quiver.resources import health
-from quiver.resources.dagster_resources import IndexResource, key, tags
+from quiver.resources.dagster_resources import IndexResource, key, tags, user_errors
 from quiver.resources.index import CorruptFileError, LogStats, read_stats
 from quiver.resources.index.manifest import read_manifest
 from quiver.resources.index.snapshot import TEXT_DIR
@@ -22,6 +22,7 @@ def snapshot_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         description=f"Published HNSW snapshot of {spec.name!r} (usearch file + rows file + the full-text "
         "index + manifest), what queries are served from together with the segments after it.",
     )
+    @user_errors
     def snapshot(context: dg.AssetExecutionContext, index_store: IndexResource) -> dg.MaterializeResult:
         started = time.perf_counter()
         root = index_store.root(spec.name)

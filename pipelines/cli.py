@@ -3,6 +3,7 @@
     python -m quiver search DATASET "text" [--mode hybrid|vector|text] [--keywords WORDS] [--k 10] [--columns a,b]
                                           [--where SQL] [--ef-search N] [--chunks] [--json]
     python -m quiver status [DATASET] [--json]
+    python -m quiver validate [DATASET ...]                  (the spec, the sources' columns, the model: one line per problem)
     python -m quiver serve [--host 127.0.0.1] [--port 8000]   (HTTP, see quiver.pipelines.http_api)
     python -m quiver refresh [DATASET ...] [--no-snapshot]    (the refresh jobs, through Dagster: quiver.pipelines.runner)
 
@@ -30,6 +31,7 @@ from quiver.resources.index import read_stats
 from quiver.resources.index.manifest import manifest_path, read_manifest
 from quiver.resources.index.snapshot import distinct_rows
 from quiver.resources.index.snapshot_policy import SnapshotPolicy, decide
+from quiver.resources.preflight import preflight
 from quiver.resources.search import MODES
 from quiver.resources.spec import SpecError, default_home, load_spec
 from quiver.resources.values import dumps, format_table
@@ -57,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="snapshot, log and file counts per dataset")
     st.add_argument("dataset", nargs="?")
     st.add_argument("--json", action="store_true")
+    va = sub.add_parser("validate", help="check the spec, each source and the model before any work: one line per problem")
+    va.add_argument("datasets", nargs="*", help="default: every dataset of the spec")
     rf = sub.add_parser("refresh", help="embed what changed (each dataset's refresh job), then snapshot when due")
     rf.add_argument("datasets", nargs="*", help="default: every dataset of the spec")
     rf.add_argument("--no-snapshot", action="store_true", help="leave folding the log to the snapshot sensor")
@@ -116,19 +120,37 @@ def dataset_status(spec, home) -> dict:
     }
 
 
+def _validate(args) -> int:
+    """Exit 0 when every dataset can be refreshed, else 2 with one line per problem on stderr."""
+    spec = load_spec()
+    datasets = [spec.get(name) for name in args.datasets] if args.datasets else list(spec.datasets)
+    failed = False  # the spec's warnings are logged as it loads
+    for dataset in datasets:
+        problems = preflight(dataset)
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if not problems:
+            print(f"ok: dataset {dataset.name!r}: {dataset.source_path}, model {dataset.embeddings.identity}")
+        failed = failed or bool(problems)
+    return 2 if failed else 0
+
+
 def _status(args) -> int:
     spec, home = load_spec(), default_home()
     datasets = [spec.get(args.dataset)] if args.dataset else list(spec.datasets)
-    states = [dataset_status(d, home) for d in datasets]
+    states = [dataset_status(d, home) | {"problems": preflight(d)} for d in datasets]
     if args.json:
         print(dumps(states, indent=2))
     else:
         for state in states:
             print(f"{state['dataset']}:")
             for name, value in state.items():
-                if name != "dataset":
+                if name not in ("dataset", "problems"):
                     print(f"  {name:30} {value}")
-    return 0
+    problems = [p for state in states for p in state["problems"]]
+    for problem in problems:  # what stops the next refresh: on stderr, and the exit code says so
+        print(f"error: {problem}", file=sys.stderr)
+    return 2 if problems else 0
 
 
 def _refresh(args) -> int:
@@ -162,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "refresh":
             return _refresh(args)
+        if args.command == "validate":
+            return _validate(args)
         return _search(args) if args.command == "search" else _status(args)
     except (SpecError, ValueError, KeyError, FileNotFoundError, RuntimeError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

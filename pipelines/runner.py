@@ -10,8 +10,10 @@ wait for it forever (``dagster_resources.reap_dead_runs``).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from quiver.resources.dagster_resources import key, reap_dead_runs
 from quiver.resources.index import read_stats
 from quiver.resources.index.manifest import manifest_path
 from quiver.resources.index.snapshot_policy import Decision, SnapshotPolicy, decide
+from quiver.resources.preflight import preflight
 from quiver.resources.spec import DatasetSpec, QuiverSpec, default_home
 
 
@@ -36,7 +39,7 @@ INSTANCE_SETTINGS = Path(__file__).with_name("dagster.yaml")  # the writer pool'
 def instance_home(say: Callable[[str], None] = print) -> Path:
     """``$DAGSTER_HOME``, else ``<QUIVER_HOME>/dagster``; an instance directory without settings
     gets quiver's (``pipelines/dagster.yaml``, the file ``make demo`` copies), so the runs are
-    kept, the UI shows them (``DAGSTER_HOME=<it> dagster dev``) and writers take turns."""
+    kept, the UI shows them (``DAGSTER_HOME=<it> dg dev -w workspace.yaml``) and writers take turns."""
     home = Path(os.environ.get("DAGSTER_HOME") or default_home() / "dagster")
     settings = home / "dagster.yaml"
     if not settings.exists():
@@ -70,6 +73,9 @@ def refresh(
     say so (the snapshot sensor's decision), ``<ds>_snapshot``. Raises ``RefreshFailed``."""
     for run_id in reap_dead_runs(instance):
         say(f"freed the writer slot of run {run_id}, whose process was killed before it ended")
+    problems = [problem for name in datasets for problem in preflight(spec.get(name))]
+    if problems:  # every problem at once, before any run starts
+        raise RefreshFailed("\n".join(problems))
     done = []
     home = default_home()
     defs = build_definitions(spec, home)
@@ -89,19 +95,39 @@ def refresh(
     return done
 
 
+class _FirstLine(logging.Formatter):
+    """A failure's first line (``... STEP_FAILURE - Execution of step ... failed.``), not its stack:
+    the refresh command says what failed in one line of its own (``RefreshFailed``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).splitlines()[0]
+
+
+@dg.logger(description="quiver refresh's console: one line per event, progress at INFO")
+def _one_line_console(_init_context) -> logging.Logger:
+    # Its own object, outside logging's registry: never shared with another run, never configured by
+    # a library that configures the root logger.
+    logger = logging.Logger("quiver.refresh", logging.INFO)  # noqa: LOG001
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_FirstLine("%(asctime)s - %(levelname)s - %(message)s"))
+    logger.addHandler(handler)
+    return logger
+
+
 def _run(defs: dg.Definitions, job_name: str, instance: dg.DagsterInstance) -> None:
-    result = defs.resolve_job_def(job_name).execute_in_process(
-        run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},  # progress, not Dagster's events
-        instance=instance,
-        raise_on_error=False,
-    )
+    job = defs.resolve_job_def(job_name).with_logger_defs({"console": _one_line_console})
+    result = job.execute_in_process(run_config={"loggers": {"console": {}}}, instance=instance, raise_on_error=False)
     if result.success:
         return
     failures = [e for e in result.all_events if e.is_step_failure]
-    error = failures[0].step_failure_data.error if failures else None
-    while error is not None and error.cause is not None and "dagster" in (error.cls_name or "").lower():
-        error = error.cause  # Dagster's wrapper: the user's own error is its cause
-    message = (error.message.strip().splitlines() or ["?"])[0] if error else "the run failed; see it in the Dagster UI"
+    data = failures[0].step_failure_data if failures else None
+    if data is not None and data.user_failure_data is not None and data.user_failure_data.description:
+        message = data.user_failure_data.description  # a dg.Failure: quiver's own one-line message
+    else:
+        error = data.error if data else None
+        while error is not None and error.cause is not None and "dagster" in (error.cls_name or "").lower():
+            error = error.cause  # Dagster's wrapper: the user's own error is its cause
+        message = (error.message.strip().splitlines() or ["?"])[0] if error else "the run failed; see it in the Dagster UI"
     raise RefreshFailed(f"{job_name} (run {result.run_id}): {message}")
 
 

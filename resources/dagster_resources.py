@@ -11,38 +11,84 @@ apply (``warehouse.writer_settings``: small commits stay in the WAL, vectors are
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pyarrow as pa
-import dagster as dg
 from dagster import ConfigurableResource
 from dagster_duckdb import DuckDBResource
 from pydantic import PrivateAttr
 
 from quiver.resources import warehouse
-from quiver.resources.embedding import Embedder, get_embedder
-from quiver.resources.index import HnswParams, IndexIdentity, IndexStore
+from quiver.resources.embedding import Embedder, ModelNotFoundError, get_embedder
+from quiver.resources.index import HnswParams, IdentityMismatchError, IndexIdentity, IndexStore
 from quiver.resources.index.text_index import TextConfig
+from quiver.resources.preflight import preflight
 from quiver.resources.search import EmbeddedText, Searcher
-from quiver.resources.spec import DatasetSpec
+from quiver.resources.spec import DatasetSpec, SpecError
+from quiver.resources.warehouse.writer_lock import writer_lock
 
 WRITER_POOL = "quiver_duckdb_writer"  # one DuckDB writer at a time (instance limit 1)
+# quiver's own errors about the user's data or settings: each message names the dataset and the fix,
+# so a run shows it as its failure, not as a traceback of quiver's internals.
+USER_ERRORS = (SpecError, warehouse.WarehouseError, ModelNotFoundError, IdentityMismatchError)
+
+
+def user_errors(body: Callable) -> Callable:
+    """An asset body whose ``USER_ERRORS`` fail the run with their one-line message (``dg.Failure``)."""
+
+    @functools.wraps(body)
+    def run(*args, **kwargs):
+        try:
+            return body(*args, **kwargs)
+        except USER_ERRORS as error:
+            raise dg.Failure(description=str(error), allow_retries=False) from None
+
+    return run
+
+
+def holds_writer_lock(body: Callable) -> Callable:
+    """An asset body (context first, the ``duckdb`` resource by name) run under ``writer_step``."""
+
+    @functools.wraps(body)
+    def run(context, *args, **kwargs):
+        with writer_step(context, kwargs["duckdb"]):
+            return body(context, *args, **kwargs)
+
+    return run
+
+
+def check_before_work(spec: DatasetSpec) -> None:
+    """``preflight`` at the top of a run: every problem at once, before anything is written."""
+    problems = preflight(spec)
+    if problems:
+        raise dg.Failure(description="\n".join(problems), allow_retries=False)
 
 
 @contextmanager
-def open_connection(resource: DuckDBResource) -> Iterator[duckdb.DuckDBPyConnection]:
+def open_connection(resource: DuckDBResource, holder: str = "a quiver connection") -> Iterator[duckdb.DuckDBPyConnection]:
     Path(resource.database).parent.mkdir(parents=True, exist_ok=True)
-    with resource.get_connection() as conn:
+    with writer_lock(Path(resource.database), holder), resource.get_connection() as conn:
         try:
             warehouse.writer_settings(conn)
             yield conn
         finally:
             conn.close()
+
+
+@contextmanager
+def writer_step(context: dg.AssetExecutionContext, resource: DuckDBResource) -> Iterator[None]:
+    """Hold the DuckDB file's writer lock for a whole writer step (``warehouse.writer_lock``):
+    another writer, of any instance or none, waits for the step, never between its connections."""
+    Path(resource.database).parent.mkdir(parents=True, exist_ok=True)
+    with writer_lock(Path(resource.database), f"run {context.run.run_id} step {context.asset_key.to_user_string()}"):
+        yield
 
 
 class EmbedderResource(ConfigurableResource):
@@ -182,7 +228,7 @@ def mark_run(context: dg.AssetExecutionContext) -> None:
     """Tag the run with the host and pid that run it (the in-process executor: the run's own)."""
     tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
     if any(context.run.tags.get(k) != v for k, v in tags.items()):
-        context.instance.add_run_tags(context.run_id, tags)
+        context.instance.add_run_tags(context.run.run_id, tags)
 
 
 def reap_dead_runs(instance: dg.DagsterInstance, host: str | None = None) -> list[str]:

@@ -87,7 +87,7 @@ class Searcher:
                 if not manifest_path(root).exists():
                     raise IndexNotBuiltError(
                         f"dataset {dataset!r} has no index at {root} yet: materialize its assets first "
-                        f"(dagster asset materialize -m quiver.pipelines.definitions --select 'tag:dataset={dataset}')"
+                        f"(python -m quiver refresh {dataset}, or dg launch -m quiver.pipelines.definitions --assets 'key:{dataset}/rows+')"
                     )
                 self._readers[dataset] = IndexReader(root)
             reader = self._readers[dataset]

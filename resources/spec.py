@@ -50,6 +50,7 @@ This module has no Dagster imports.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -66,6 +67,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from quiver.resources.spicepod import SpicepodProblems, is_spicepod, translate
 
 METRICS = ("cosine", "l2", "inner_product")
 DTYPES = ("f32", "f16", "bf16", "i8")
@@ -93,6 +96,7 @@ RESERVED_COLUMNS = frozenset(
     {"_key", "_seq", "_op", "_vector", "_content_hash", "_served_hash", "_chunk", "_chunk_start", "_chunk_end"}
 )
 ENV_DATASETS, ENV_HOME = "QUIVER_DATASETS", "QUIVER_HOME"
+log = logging.getLogger(__name__)
 
 # Accepted spellings -> canonical value. Metric aliases: Spice's duckdb_distance_metric accepts
 # exactly these; l2sq and ip are also DuckDB vss's names, cos usearch's.
@@ -487,6 +491,7 @@ class QuiverSpec(_Model):
 
     path: Path | None = None
     datasets: tuple[DatasetSpec, ...]
+    warnings: tuple[str, ...] = ()  # keys accepted but without effect (a spicepod's), one line each
 
     @model_validator(mode="after")
     def _unique_names(self) -> QuiverSpec:
@@ -557,13 +562,22 @@ def parse_spec(data: Any, base_dir: Path, path: Path | None = None) -> QuiverSpe
         raise SpecError(
             f"{where}`datasets:` must be a list of datasets (got {data['datasets']!r})"
         )
+    warnings: list[str] = []
+    if is_spicepod(data):
+        try:
+            data, warnings = translate(data)
+        except SpicepodProblems as exc:
+            head = f"invalid dataset spec{' ' + str(path) if path else ''}"
+            raise SpecError("\n  ".join([head + ":", *exc.problems]), exc.problems) from None
+        for warning in warnings:
+            log.warning("%s%s", where, warning)
     unknown = sorted(set(data) - {"datasets"}, key=str)
     if unknown:
         raise SpecError(f"{where}unknown top-level key(s) {', '.join(map(repr, unknown))}; "
                         "allowed keys: datasets")
     try:
         return QuiverSpec.model_validate(
-            {"path": path, "datasets": data["datasets"]}, context={"base_dir": Path(base_dir)}
+            {"path": path, "datasets": data["datasets"], "warnings": tuple(warnings)}, context={"base_dir": Path(base_dir)}
         )
     except ValidationError as exc:
         problems = [_problem(err, data["datasets"]) for err in exc.errors()]
@@ -573,7 +587,7 @@ def parse_spec(data: Any, base_dir: Path, path: Path | None = None) -> QuiverSpe
 
 _NESTED = {
     "embeddings": EmbeddingsSpec, "chunking": ChunkingSpec, "vectors": VectorsSpec, "snapshots": SnapshotsSpec,
-    "checks": ChecksSpec,
+    "checks": ChecksSpec, "full_text": FullTextSpec,
 }
 
 

@@ -43,13 +43,13 @@ from quiver.resources.warehouse.layout import (
     table_exists,
     writer_settings,
 )
-from quiver.resources.warehouse.source import LoadResult, load_source, resolve_source_files
+from quiver.resources.warehouse.source import LoadResult, load_source, resolve_source_files, schema_problems
 
 __all__ = [
     "CONTENT_HASH", "INTERNAL", "KEY", "OP", "REBUILD_FIX", "ROWID", "SEQ", "SERVED_HASH", "TEXT", "VECTOR",
     "ChangePlan", "CommitResult", "ConcurrentWriteError", "DimensionMismatchError", "LoadResult",
     "SourceNotFoundError", "TableLayout", "WarehouseError", "changes_after", "commit_changes",
     "describe_plan", "describe_refresh", "embedded_count", "embedded_rows", "embedded_state", "last_rebuild_seq", "last_seq", "layout_for",
-    "load_source", "plan_changes", "q", "read_rows", "require_dimension", "resolve_source_files", "table_exists",
+    "load_source", "plan_changes", "q", "read_rows", "require_dimension", "resolve_source_files", "schema_problems", "table_exists",
     "vector_dim", "writer_settings",
 ]

@@ -138,22 +138,34 @@ def _advance_watermark(conn: duckdb.DuckDBPyConnection, layout: TableLayout, tim
     return conn.execute(f"SELECT watermark FROM {layout.watermark}").fetchone()[0]
 
 
-def _validate_source(conn: duckdb.DuckDBPyConnection, layout: TableLayout, columns: dict[str, str]) -> None:
+def schema_problems(layout: TableLayout, columns: dict[str, str], time_column: str | None = None) -> list[str]:
+    """What the source's columns (name -> DuckDB type) lack for the spec, one line per problem."""
     ds, pk = layout.dataset, layout.primary_key
     available = ", ".join(columns)
+    problems = []
     if pk not in columns:
-        raise WarehouseError(f"dataset {ds!r}: primary key column {pk!r} is not in the source (columns: {available}); fix `primary_key`")
+        problems.append(f"dataset {ds!r}: primary key column {pk!r} is not in the source (columns: {available}); fix `primary_key`")
     for name in layout.text_columns:
         if name not in columns:
-            raise WarehouseError(f"dataset {ds!r}: embedded column {name!r} is not in the source (columns: {available}); fix `embeddings`")
-        if columns[name] != "VARCHAR":
-            raise WarehouseError(f"dataset {ds!r}: embedded column {name!r} is {columns[name]}, not a string; embed a text column")
+            problems.append(f"dataset {ds!r}: embedded column {name!r} is not in the source (columns: {available}); fix `embeddings`")
+        elif columns[name] != "VARCHAR":
+            problems.append(f"dataset {ds!r}: embedded column {name!r} is {columns[name]}, not a string; embed a text column")
     for name in layout.served_columns or ():
-        if name not in columns:
-            raise WarehouseError(f"dataset {ds!r}: served column {name!r} is not in the source (columns: {available}); fix `columns`")
+        if name not in columns and name not in layout.text_columns:
+            problems.append(f"dataset {ds!r}: served column {name!r} is not in the source (columns: {available}); fix `columns` (or `full_text.columns`)")
+    if time_column is not None and time_column not in columns:
+        problems.append(f"dataset {ds!r}: time_column {time_column!r} is not in the source (columns: {available}); fix `time_column`")
     clash = [c for c in columns if c in INTERNAL]
     if clash:
-        raise WarehouseError(f"dataset {ds!r}: source columns {clash} use names quiver reserves; rename them in the source")
+        problems.append(f"dataset {ds!r}: source columns {clash} use names quiver reserves; rename them in the source")
+    return problems
+
+
+def _validate_source(conn: duckdb.DuckDBPyConnection, layout: TableLayout, columns: dict[str, str]) -> None:
+    ds, pk = layout.dataset, layout.primary_key
+    problems = schema_problems(layout, columns)
+    if problems:
+        raise WarehouseError("; ".join(problems))
     nulls = conn.execute(f"SELECT count(*) FROM _source WHERE {q(pk)} IS NULL").fetchone()[0]
     if nulls:
         raise WarehouseError(f"dataset {ds!r}: {nulls} rows have a null primary key {pk!r}; every row needs one")

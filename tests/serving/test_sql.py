@@ -14,7 +14,8 @@ from quiver.resources.search import HYBRID_COLUMNS, Searcher
 from quiver.resources.spec import load_spec
 
 ASEBA = 1188  # package "aseba": its name is a word only the full-text pass ranks first
-RRF = ["rank", "primary_key", *HYBRID_COLUMNS, "data"]
+TYPED = ["pkg_id", "package", "section", "short_description"]  # the dataset's own columns, typed
+RRF = ["rank", "primary_key", *HYBRID_COLUMNS, "data", *TYPED]
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +31,11 @@ def conn(built, spec):
 
 def test_vector_search_table_best_first(conn, built):
     rel = conn.sql("SELECT * FROM vector_search('pkgs', 'text editor', 7)")
-    assert rel.columns == ["rank", "primary_key", "score", "distance", "data"]
-    assert [str(t) for t in rel.types] == ["INTEGER", "VARCHAR", "DOUBLE", "DOUBLE", "JSON"]
+    assert rel.columns == ["rank", "primary_key", "score", "distance", "data", *TYPED]
+    assert [str(t) for t in rel.types] == ["INTEGER", "VARCHAR", "DOUBLE", "DOUBLE", "JSON", "BIGINT", "VARCHAR", "VARCHAR", "VARCHAR"]
     rows = rel.fetchall()
+    for row in rows:  # the typed columns say what primary_key and data say
+        assert row[5] == int(row[1]) and json.loads(row[4]) == dict(zip(TYPED[1:], row[6:]))
     assert [r[0] for r in rows] == list(range(1, 8))
     scores = [r[2] for r in rows]
     assert scores == sorted(scores, reverse=True)
@@ -83,15 +86,30 @@ def test_scalar_form_one_list_per_row(conn):
 @pytest.mark.parametrize(
     "sql, message",
     [
-        ("SELECT * FROM vector_search('nope', 'x', 3)", "unknown dataset 'nope'; known datasets: pkgs"),
+        ("SELECT quiver_search('nope', 'x', 3)", "unknown dataset 'nope'; known datasets: pkgs"),
         ("SELECT * FROM vector_search('pkgs', 'x', 0)", "k must be a positive integer, got 0"),
         ("SELECT * FROM vector_search('pkgs', 'x', -2)", "k must be a positive integer, got -2"),
         ("SELECT * FROM vector_search('pkgs', '  ', 3)", "empty text"),
     ],
 )
 def test_errors_are_clear_duckdb_errors(conn, sql, message):
-    with pytest.raises(duckdb.InvalidInputException, match=message):
+    with pytest.raises(duckdb.InvalidInputException, match=message) as caught:
         conn.sql(sql).fetchall()
+    assert "Python exception" not in str(caught.value) and "\n" not in str(caught.value), "the message alone, one line"
+
+
+@pytest.mark.parametrize("macro", ["vector_search", "text_search", "rrf"])
+def test_an_unknown_dataset_is_a_missing_table(conn, macro):
+    """The table macros take a dataset as a table (Spice's form), so DuckDB names the unknown one."""
+    with pytest.raises(duckdb.CatalogException, match="nope does not exist"):
+        conn.sql(f"SELECT * FROM {macro}('nope', 'x', 3)").fetchall()
+
+
+def test_the_dataset_as_a_bare_table_name_and_the_users_own_table_untouched(conn):
+    bare = conn.sql("SELECT pkg_id, package, score FROM vector_search(pkgs, 'text editor', 3)").fetchall()
+    quoted = conn.sql("SELECT pkg_id, package, score FROM vector_search('pkgs', 'text editor', 3)").fetchall()
+    assert bare == quoted and len(bare) == 3
+    assert conn.sql("SELECT count(*) FROM packages").fetchone()[0] > 3, "the user's table is theirs, not a view of quiver's"
 
 
 def test_register_again_and_nothing_persisted(built, tmp_path):
@@ -137,11 +155,13 @@ def test_bad_filter_is_refused(conn):
 
 def test_text_search_is_bm25_alone(conn, built):
     rel = conn.sql("SELECT * FROM text_search('pkgs', 'aseba')")
-    assert rel.columns == ["rank", "primary_key", "score", "distance", "data"]
-    assert [str(t) for t in rel.types] == ["INTEGER", "VARCHAR", "DOUBLE", "DOUBLE", "JSON"]
+    assert rel.columns == ["rank", "primary_key", "score", "distance", "data", *TYPED]
+    assert [str(t) for t in rel.types] == ["INTEGER", "VARCHAR", "DOUBLE", "DOUBLE", "JSON", "BIGINT", "VARCHAR", "VARCHAR", "VARCHAR"]
     rows = rel.fetchall()
+    for row in rows:  # the typed columns say what primary_key and data say
+        assert row[5] == int(row[1]) and json.loads(row[4]) == dict(zip(TYPED[1:], row[6:]))
     assert rows[0][1] == str(ASEBA) and json.loads(rows[0][4])["package"] == "aseba"
-    assert all(distance is None for _, _, _, distance, _ in rows)
+    assert all(row[3] is None for row in rows)
     python = Searcher(built[1], ["pkgs"]).search("pkgs", "aseba", mode="text")
     assert [int(r[1]) for r in rows] == python.column("pkg_id").to_pylist()
     assert [r[2] for r in rows] == pytest.approx(python.column("score").to_pylist())
@@ -226,7 +246,6 @@ def test_quiver_search_mode(conn):
         ("SELECT * FROM rrf('pkgs', 'x', 3, rrf_k := -1)", "rrf: rrf_k must be 0 or more, got -1"),
         ("SELECT * FROM rrf('pkgs', 'x', 3, text_weight := -1)", "vector_weight and text_weight must be numbers >= 0"),
         ("SELECT * FROM text_search('pkgs', '  ', 3)", "empty text"),
-        ("SELECT * FROM text_search('nope', 'x', 3)", "unknown dataset 'nope'"),
         ("SELECT quiver_search('pkgs', 'x', 3, mode := 'fuzzy')", "mode must be one of hybrid, vector, text"),
     ],
 )

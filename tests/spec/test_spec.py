@@ -374,7 +374,7 @@ def test_one_line_per_problem():
         ({"dataset": [MINIMAL]}, ["without `datasets:`"]),
         ({"datasets": MINIMAL}, ["`datasets:` must be a list"]),
         ({"datasets": []}, ["`datasets:` is empty", "add at least one dataset"]),
-        ({"datasets": [MINIMAL], "version": "v1"}, ["'version'", "allowed keys: datasets"]),
+        ({"datasets": [MINIMAL], "versions": "v1"}, ["'versions'", "allowed keys: datasets"]),  # version: a spicepod's, accepted
     ],
 )
 def test_top_level_mistakes(data, fragments):
