@@ -4,7 +4,8 @@
                                           [--where SQL] [--ef-search N] [--chunks] [--json]
     python -m quiver status [DATASET] [--json]
     python -m quiver validate [DATASET ...]                  (the spec, the sources' columns, the model: one line per problem)
-    python -m quiver serve [--host 127.0.0.1] [--port 8000]   (HTTP, see quiver.pipelines.http_api)
+    python -m quiver serve [--host 127.0.0.1] [--port 8000] [--api-keys-file F] [--max-limit N] [--timeout S] ...
+                                                              (HTTP, see quiver.pipelines.http_api)
     python -m quiver refresh [DATASET ...] [--no-snapshot]    (the refresh jobs, through Dagster: quiver.pipelines.runner)
 
 ``search`` prints the columns of its mode, best first: ``hybrid`` (the default when the dataset has a
@@ -67,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="HTTP search API (Spice's POST /v1/search)")
     sv.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-keys-file", help="API keys, one a line (default: $QUIVER_API_KEYS_FILE); needed off loopback")
+    sv.add_argument("--max-body-bytes", type=_positive, help="413 above it (default: $QUIVER_MAX_BODY_BYTES, else 65536)")
+    sv.add_argument("--max-limit", type=_positive, help="largest \"limit\" (default: $QUIVER_MAX_LIMIT, else 1000)")
+    sv.add_argument("--max-text-chars", type=_positive, help="longest text or keywords (default: $QUIVER_MAX_TEXT_CHARS, else 10000)")
+    sv.add_argument("--timeout", type=_seconds, help="504 past it, in seconds (default: $QUIVER_TIMEOUT_S, else 30)")
+    sv.add_argument("--workers", type=_positive, help="searches at once (default: $QUIVER_WORKERS, else the cores)")
     return parser
 
 
@@ -74,6 +81,16 @@ def _positive(text: str) -> int:
     if not text.isdigit() or int(text) <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def _search(args) -> int:
@@ -88,7 +105,10 @@ def _search(args) -> int:
 
 
 def _serve(args) -> int:
-    serve(args.host, args.port)
+    serve(
+        args.host, args.port, args.api_keys_file, max_body_bytes=args.max_body_bytes, max_limit=args.max_limit,
+        max_text_chars=args.max_text_chars, timeout_s=args.timeout, workers=args.workers,
+    )
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -24,15 +26,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(built, tmp_path_factory):
+@contextlib.contextmanager
+def running_server(built, log: Path, args: tuple[str, ...] = (), env: dict | None = None):
+    """``python -m quiver serve`` on a free loopback port: yields (url, log); stopped by its pid."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("http") / "server.log"  # a file, not a pipe nobody drains
-    with log.open("w") as out:
+    with log.open("w") as out:  # a file, not a pipe nobody drains
         proc = subprocess.Popen(
-            [sys.executable, "-m", "quiver", "serve", "--port", str(port)],
+            [sys.executable, "-m", "quiver", "serve", "--port", str(port), *args],
             cwd=ROOT,
-            env=env_for(built),
+            env={**env_for(built), **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -47,13 +49,21 @@ def server(built, tmp_path_factory):
                 proc.kill()
                 pytest.fail(f"the server did not start:\n{log.read_text()}")
             time.sleep(0.2)
-    yield url, log
-    proc.terminate()  # by pid; uvicorn shuts down on SIGTERM
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        yield url, log
+    finally:
+        proc.terminate()  # by pid; uvicorn shuts down on SIGTERM
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(built, tmp_path_factory):
+    with running_server(built, tmp_path_factory.mktemp("http") / "server.log") as running:
+        yield running
 
 
 def call(url: str, path: str, body=None, raw: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
