@@ -777,14 +777,14 @@ class IndexReader:
             exact = exact_distances(state.manifest.identity.metric, self._vectors(state, missing), vector)
             distances |= dict(zip(missing.tolist(), exact.tolist()))
         distance = np.array([distances[key] for key in keys.tolist()], dtype=np.float64)
-        text_score = dict(zip(text_keys.tolist(), text_scores.tolist()))
+        text_score = dict(zip(ids["text"], text_scores.tolist()))  # by row: its best chunk's, whichever unit shows
         return _with_columns(
             self._rows(state, keys, columns),
             {
                 "fused_score": pa.array([f.score for f in fused], pa.float64()),
                 "score": pa.array(scores_from_distances(state.manifest.identity.metric, distance), pa.float64()),
                 "distance": pa.array(distance),
-                "text_score": pa.array([text_score.get(key) for key in keys.tolist()], pa.float64()),
+                "text_score": pa.array([text_score.get(f.key) for f in fused], pa.float64()),
                 "vector_rank": pa.array([f.ranks.get("vector") for f in fused], pa.int32()),
                 "text_rank": pa.array([f.ranks.get("text") for f in fused], pa.int32()),
             },

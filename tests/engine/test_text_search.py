@@ -310,6 +310,12 @@ def test_chunks_are_text_units_and_fusion_is_per_row(kit, tmp_path):
     assert fused[0][kit.PK] == 7 or fused[0]["vector_rank"] == 1
     row7 = next(r for r in fused if r[kit.PK] == 7)
     assert row7["text_rank"] == 1 and row7["vector_rank"] is not None, "both passes ranked the row, not its chunks"
+    assert all((r["text_score"] is None) == (r["text_rank"] is None) for r in fused), "a row's text score is its best chunk's"
+    assert row7["text_score"] == pytest.approx(needle_score(reader))
+
+
+def needle_score(reader):
+    return reader.search_text_rows("needle", 1).column("score")[0].as_py()
 
 
 def test_a_snapshot_updates_the_previous_text_index_at_the_cost_of_the_change(kit, tmp_path):
