@@ -5,11 +5,6 @@ Spice's shape (the HTTP server started for real on 127.0.0.1)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 
 import duckdb
@@ -19,11 +14,10 @@ import pytest
 import yaml
 
 from quiver.pipelines.sql import register
-from quiver.resources.embedding import ENV_CACHE, default_cache_dir
 from quiver.resources.search import Searcher
 from quiver.resources.spec import load_spec
-from tests.conftest import ROOT
 from tests.dagster.helpers import materialize_all
+from tests.serving.test_http import running_server
 
 PAGE_VECTORS_FORM = """
 version: v1
@@ -119,33 +113,14 @@ def test_the_page_sql_answers_in_spices_columns(project):
 
 
 def test_the_page_search_body_answers_in_spices_shape(project):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "QUIVER_DATASETS": str(project / "spicepod.yaml"), "QUIVER_HOME": str(project / "home"),
-           ENV_CACHE: str(default_cache_dir()), "PYTHONPATH": str(ROOT)}
-    log = (project / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "quiver", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (project / "server.log").read_text()
-                time.sleep(0.2)
+    built = (project / "spicepod.yaml", project / "home", None)  # as tests/serving/conftest.py's env_for reads it
+    with running_server(built, project / "server.log") as (url, _):
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/search", data=json.dumps(PAGE_BODY).encode(), method="POST",
+            f"{url}/v1/search", data=json.dumps(PAGE_BODY).encode(), method="POST",
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             status, body = response.status, json.loads(response.read())
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
     assert status == 200 and isinstance(body["duration_ms"], int)
     matches = body["matches"]
     assert len(matches) == 3
