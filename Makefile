@@ -31,7 +31,16 @@ APT_CHROMIUM := $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y --no-i
 $(CHROMIUM):
 	$(APT_CHROMIUM) || { $(SUDO) apt-get update && $(APT_CHROMIUM); }
 
-install: $(STAMP) $(CHROMIUM)
+# Debian's redis-server, the Celery broker that tests/dagster/test_executors.py starts on 127.0.0.1
+# (a free port, stopped by pid); installed as chromium is, skipped when it is there. A machine whose
+# apt cannot install it still installs the rest: the Celery test then skips and says why.
+REDIS := /usr/bin/redis-server
+APT_REDIS := $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server
+$(REDIS):
+	$(APT_REDIS) || { $(SUDO) apt-get update && $(APT_REDIS); } || \
+		echo "warning: apt-get could not install redis-server; tests/dagster/test_executors.py's Celery test will skip"
+
+install: $(STAMP) $(CHROMIUM) $(REDIS)
 
 # The instance storage is created here, once: a first `dg dev` would otherwise have its daemon
 # and code server race to create the same SQLite files.
@@ -94,7 +103,9 @@ bench-serving: install
 	$(BIN)/python tests/benchmarks/bench_serving.py
 
 # From a source file landing to its rows being searchable, with the real daemon and the default
-# sensor interval (BENCH_FRESHNESS_TRIALS, BENCH_FRESHNESS_ROWS).
+# settings: each step's seconds, and the daemon's CPU when idle (BENCH_FRESHNESS_TRIALS,
+# BENCH_FRESHNESS_ROWS, BENCH_FRESHNESS_IDLE_S, BENCH_FRESHNESS_GOAL_S; BENCH_FRESHNESS_INTERVAL
+# sets QUIVER_SENSOR_INTERVAL_SECONDS to compare another interval).
 bench-freshness: install
 	$(BIN)/python tests/benchmarks/bench_freshness.py
 
@@ -122,6 +133,13 @@ bench-refresh-cost: install
 # ../shared/data/debian_packages.parquet (BENCH_HYBRID_ROWS, BENCH_HYBRID_QUERIES).
 bench-hybrid: install
 	$(BIN)/python tests/benchmarks/bench_hybrid.py
+
+# The HTTP server under 1, 4 and 16 concurrent clients, alone and while a refresh and a snapshot run
+# in another process: p50/p99, queries/s, errors, every answer checked (BENCH_LOAD_ROWS,
+# BENCH_LOAD_SECONDS, BENCH_LOAD_CLIENTS; about 90 s on two shared cores).
+.PHONY: bench-load
+bench-load: install
+	$(BIN)/python tests/benchmarks/bench_load.py
 
 clean:
 	rm -rf $(QUIVER_HOME) .pytest_cache .hypothesis

@@ -73,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-limit", type=_positive, help="largest \"limit\" (default: $QUIVER_MAX_LIMIT, else 1000)")
     sv.add_argument("--max-text-chars", type=_positive, help="longest text or keywords (default: $QUIVER_MAX_TEXT_CHARS, else 10000)")
     sv.add_argument("--timeout", type=_seconds, help="504 past it, in seconds (default: $QUIVER_TIMEOUT_S, else 30)")
-    sv.add_argument("--workers", type=_positive, help="searches at once (default: $QUIVER_WORKERS, else the cores)")
+    sv.add_argument("--workers", type=_positive, help="requests in progress at once (default: $QUIVER_WORKERS, else 32, or the cores if more)")
+    sv.add_argument("--embed-batch", type=_positive, help="query texts per embedder call (default: $QUIVER_EMBED_BATCH, else 8; 1: each query alone)")
     return parser
 
 
@@ -108,6 +109,7 @@ def _serve(args) -> int:
     serve(
         args.host, args.port, args.api_keys_file, max_body_bytes=args.max_body_bytes, max_limit=args.max_limit,
         max_text_chars=args.max_text_chars, timeout_s=args.timeout, workers=args.workers,
+        embed_batch=args.embed_batch,
     )
     return 0
 

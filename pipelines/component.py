@@ -11,6 +11,7 @@ location, and :class:`QuiverComponent` calls it for a Dagster user's project, fr
       datasets: [products]         # optional: a subset of the spec's datasets
       schedules: true              # optional: the refresh_cron schedules (default true)
       sensors: true                # optional: the source and snapshot sensors (default true)
+      executor: celery             # optional: in_process (default), multiprocess, celery or k8s
 
 Importing this module reads no spec (``quiver.pipelines.definitions`` does: its ``defs``), so a
 user's project can load the component without quiver's own ``datasets.yaml``. The component's
@@ -28,7 +29,7 @@ from dagster_duckdb import DuckDBResource
 
 from quiver.assets import dataset_assets, dataset_checks, evaluation_asset
 from quiver.assets.neighbours import neighbours_asset
-from quiver.pipelines.jobs import refresh_job, snapshot_job
+from quiver.pipelines.jobs import EXECUTOR_ENV, choose_executor, refresh_job, snapshot_job
 from quiver.pipelines.schedules import refresh_schedule
 from quiver.resources.dagster_resources import EmbedderResource, IndexResource, SearchResource
 from quiver.resources.spec import QuiverSpec, SpecError, UnknownDatasetError, load_spec
@@ -38,15 +39,22 @@ from quiver.sensors.source_sensor import source_sensor
 DUCKDB_FILE = "quiver.duckdb"
 
 
-def build_definitions(spec: QuiverSpec, home: Path, *, schedules: bool = True, sensors: bool = True) -> dg.Definitions:
+def build_definitions(
+    spec: QuiverSpec, home: Path, *, schedules: bool = True, sensors: bool = True,
+    executor: str | dg.ExecutorDefinition | None = None,
+) -> dg.Definitions:
     """Every dataset of ``spec`` side by side, its state under ``home``; ``schedules``/``sensors``
-    False leave those out (the jobs stay, to be run by hand or by the user's own automation)."""
+    False leave those out (the jobs stay, to be run by hand or by the user's own automation).
+    ``executor``: the jobs' executor, a definition or a name of quiver.pipelines.jobs.EXECUTORS;
+    None reads ``$QUIVER_EXECUTOR`` (default: in_process)."""
+    if not isinstance(executor, dg.ExecutorDefinition):
+        executor = choose_executor(executor, EXECUTOR_ENV if executor is None else "executor")
     assets, checks, jobs, schedule_defs, sensor_defs = [], [], [], [], []
     for dataset in spec.datasets:
         assets += [*dataset_assets(dataset), evaluation_asset(dataset)]  # evaluation: on demand, in no job
         assets.append(neighbours_asset(dataset))  # an example user of the search resource; on demand, in no job
         checks += dataset_checks(dataset)
-        refresh, snapshot = refresh_job(dataset), snapshot_job(dataset)
+        refresh, snapshot = refresh_job(dataset, executor), snapshot_job(dataset, executor)
         jobs += [refresh, snapshot]
         if sensors:
             sensor_defs += [source_sensor(dataset, home, refresh), snapshot_sensor(dataset, home, snapshot)]
@@ -100,6 +108,11 @@ class QuiverComponent(dg.Component, dg.Resolvable, dg.Model):
     sensors: Annotated[bool, dg.Resolver.default(
         description="Each dataset's source sensor (refresh on new source files) and snapshot sensor.",
     )] = True
+    executor: Annotated[str | None, dg.Resolver.default(
+        description="The jobs' executor: in_process, multiprocess, celery (the quiver[celery] extra) or k8s "
+        "(quiver[k8s]); default: $QUIVER_EXECUTOR, else in_process.",
+        examples=["in_process", "celery"],
+    )] = None
 
     @classmethod
     def get_spec(cls) -> dg.ComponentTypeSpec:
@@ -113,6 +126,8 @@ class QuiverComponent(dg.Component, dg.Resolvable, dg.Model):
         return build_definitions(
             self.load_datasets(context.path), self.home_path(context.path),
             schedules=self.schedules, sensors=self.sensors,
+            executor=choose_executor(self.executor, f"QuiverComponent attribute `executor` in {context.path}")
+            if self.executor is not None else None,
         )
 
     def home_path(self, folder: Path) -> Path:

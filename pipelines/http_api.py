@@ -44,7 +44,10 @@ argument of ``serve()`` (and its ``python -m quiver serve`` flag):
     TIMEOUT_S       30       QUIVER_TIMEOUT_S         --timeout          504 past it (seconds, queueing
                                                                          included; the search itself
                                                                          runs on, its answer dropped)
-    WORKERS         cores    QUIVER_WORKERS           --workers          searches running at once
+    WORKERS         32       QUIVER_WORKERS           --workers          requests in progress at once
+                                                                         (at least the cores)
+    EMBED_BATCH     8        QUIVER_EMBED_BATCH       --embed-batch      query texts per embedder call
+                                                                         (1: each query alone)
 
 API keys, as in Spice: header ``X-API-Key``; the keys come from ``QUIVER_API_KEYS`` (comma-separated)
 and ``QUIVER_API_KEYS_FILE`` (one key a line; blank lines and ``#`` comments skipped), or
@@ -56,6 +59,12 @@ Searches run in parallel on a pool of ``WORKERS`` threads (usearch releases the 
 state swap is atomic; its reader cache, text index build and row filter each have a lock). One
 thing is shared per graph: reader.py sets ``expansion_search`` on the usearch index before each
 search, so a request that sets its own ``ef_search`` runs alone (``_SharedOrAlone`` below).
+
+Query texts are embedded in micro-batches (``resources/embedding/micro_batch.py``): a query that
+finds the model idle is embedded at once, alone; queries that arrive while it runs wait and are
+embedded together, up to ``EMBED_BATCH`` texts in one call, which costs each about half the CPU of
+a call of its own. Most of a request's time is that embedding; ``make bench-load`` measures the
+whole (README, "Load").
 """
 
 from __future__ import annotations
@@ -78,6 +87,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from quiver.pipelines.query import searcher
+from quiver.resources.embedding.micro_batch import MAX_BATCH, MicroBatcher
 from quiver.resources.index.errors import IndexNotBuiltError
 from quiver.resources.search import MODES, SearchError, embedded_texts
 from quiver.resources.spec import UnknownDatasetError, load_spec
@@ -91,7 +101,12 @@ MAX_BODY_BYTES = 64 * 1024
 MAX_LIMIT = 1000
 MAX_TEXT_CHARS = 10_000
 TIMEOUT_S = 30.0
-WORKERS = os.cpu_count() or 1
+EMBED_BATCH = MAX_BATCH
+# Enough requests in progress for a batch to fill while the one before it runs (the threads waiting
+# for their batch cost nothing). make bench-load at 16 clients: 32 and 16 within noise of each other,
+# the cores alone (2 here) capped batches at 2 texts and 191 queries/s against about 300; letting
+# only the cores search at once (a slot given back while waiting for the batch) measured no better.
+WORKERS = max(os.cpu_count() or 1, 4 * EMBED_BATCH)
 API_KEY_HEADER = "X-API-Key"
 ENV_API_KEYS, ENV_API_KEYS_FILE = "QUIVER_API_KEYS", "QUIVER_API_KEYS_FILE"
 
@@ -105,6 +120,7 @@ class Limits:
     max_text_chars: int = MAX_TEXT_CHARS
     timeout_s: float = TIMEOUT_S
     workers: int = WORKERS
+    embed_batch: int = EMBED_BATCH
 
     @classmethod
     def from_env(cls, env=None, **given) -> Limits:
@@ -196,6 +212,10 @@ def create_app(searcher, spec=None, limits: Limits | None = None, keys: tuple[st
     limits = limits or Limits()
     names = tuple(spec.names) if spec is not None else tuple(searcher.datasets or ())
     texts = {**(embedded_texts(spec) if spec is not None else {}), **searcher.texts}
+    own = searcher.embed
+    if isinstance(getattr(own, "__self__", None), MicroBatcher):  # a searcher served twice (tests): batched once
+        own = own.__self__.inner
+    searcher.embed = MicroBatcher(own, limits.embed_batch).embed
     pool = ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="quiver-search")
     ef_lock = _SharedOrAlone()  # a request's own ef_search is set on the shared graph: it runs alone
     encoded_keys = [k.encode() for k in keys]

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from quiver.resources.search import Searcher
-from quiver.resources.spec import ENV_DATASETS, ENV_HOME, default_home, default_spec_path, load_spec
+from quiver.resources.spec_file import ENV_DATASETS, ENV_HOME, default_home, default_spec_path
 
 _SEARCHERS: dict = {}
 _LOCK = threading.Lock()
@@ -27,7 +27,7 @@ def searcher():
     key = (os.environ.get(ENV_DATASETS), os.environ.get(ENV_HOME))
     with _LOCK:
         if key not in _SEARCHERS:
-            _SEARCHERS[key] = Searcher.for_spec(default_home(), load_spec(default_spec_path()))
+            _SEARCHERS[key] = Searcher.for_spec_file(default_home(), default_spec_path())
         return _SEARCHERS[key]
 
 

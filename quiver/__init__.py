@@ -15,7 +15,7 @@ The packages beneath: ``quiver.resources`` (the spec, the engine, the Dagster re
 
 from quiver.pipelines.query import search, search_batch
 from quiver.resources.search import SearchError
-from quiver.resources.spec import DatasetSpec, QuiverSpec, SpecError, UnknownDatasetError, load_spec
+from quiver.resources.spec_file import SpecError, UnknownDatasetError
 
 __all__ = [
     "DatasetSpec", "QuiverSpec", "SearchError", "SpecError", "UnknownDatasetError", "defs", "load_spec",
@@ -23,7 +23,16 @@ __all__ = [
 ]
 
 
+# The validated spec's names load pydantic (about 90 ms): on first access, so that a process that
+# only queries (``from quiver import search``) answers its first query sooner.
+_SPEC_NAMES = ("DatasetSpec", "QuiverSpec", "load_spec")
+
+
 def __getattr__(name: str):
+    if name in _SPEC_NAMES:
+        from quiver.resources import spec
+
+        return getattr(spec, name)
     # The Definitions load Dagster (seconds): only when asked for.
     if name == "defs":
         from quiver.pipelines.definitions import defs

@@ -8,21 +8,25 @@ recorded in the index's manifest, loaded once per process. It never opens the Du
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from quiver.resources.embedding import get_embedder
+from quiver.resources import deferred
 from quiver.resources.index import IndexReader
 from quiver.resources.index.errors import IndexNotBuiltError
 from quiver.resources.index.manifest import manifest_path
 from quiver.resources.index.reader import PASSES, TextSearchUnavailable
 from quiver.resources.index.row_filter import FilterError
 from quiver.resources.index.text_index import is_blank
-from quiver.resources.spec import QuiverSpec, UnknownDatasetError
+from quiver.resources.spec_file import UnknownDatasetError, dataset_names
+
+if TYPE_CHECKING:
+    from quiver.resources.spec import QuiverSpec
 
 # Which chunk of a row matched, as result columns: its number and [start, end) character offsets
 # into the row's embedded text (the embedded columns joined by the spec's separator), and ``chunk``,
@@ -63,12 +67,17 @@ class Searcher:
         datasets: Iterable[str] | None = None,
         device: str | None = None,
         texts: dict[str, EmbeddedText] | None = None,
+        embed: Callable[[str, list[str]], np.ndarray] | None = None,
     ):
-        """``texts``: how each dataset's embedded text is made, for the ``chunk`` result column."""
+        """``texts``: how each dataset's embedded text is made, for the ``chunk`` result column.
+        ``embed(model, texts)``: how query texts become vectors (default: the process-wide model,
+        one call per query or batch); a server may gather concurrent queries into one batch."""
         self.home = Path(home)
         self.datasets = tuple(datasets) if datasets is not None else None
         self.device = device
-        self.texts = dict(texts or {})
+        self._texts = dict(texts or {})
+        self._load_texts: Callable[[], dict[str, EmbeddedText]] | None = None
+        self.embed = embed or self._embed_now
         self._readers: dict[str, IndexReader] = {}
         self._lock = threading.Lock()
 
@@ -76,6 +85,26 @@ class Searcher:
     def for_spec(cls, home: Path, spec: QuiverSpec, device: str | None = None) -> Searcher:
         """A searcher over the spec's datasets, knowing how each one's embedded text is made."""
         return cls(home, spec.names, device, embedded_texts(spec))
+
+    @classmethod
+    def for_spec_file(cls, home: Path, path: Path, device: str | None = None) -> Searcher:
+        """``for_spec`` that validates the spec only when a query needs its embedded columns (the
+        ``chunk`` column): a new process answers its first vector query without importing pydantic."""
+        searcher = cls(home, dataset_names(path), device)
+
+        def load_texts() -> dict[str, EmbeddedText]:
+            return embedded_texts(deferred.load_spec(path))
+
+        searcher._load_texts = load_texts
+        return searcher
+
+    @property
+    def texts(self) -> dict[str, EmbeddedText]:
+        """How each dataset's embedded text is made (the validated spec's, read on first use)."""
+        with self._lock:
+            if self._load_texts is not None:
+                self._texts, self._load_texts = self._load_texts(), None
+            return self._texts
 
     def reader(self, dataset: str) -> IndexReader:
         if self.datasets is not None and dataset not in self.datasets:
@@ -94,11 +123,14 @@ class Searcher:
             reader.refresh()
             return reader
 
+    def _embed_now(self, model: str, texts: list[str]) -> np.ndarray:
+        return deferred.get_embedder(model, self.device).embed(texts)
+
     def embed_query(self, dataset: str, text: str) -> np.ndarray:
         reader = self.reader(dataset)
         if not text.strip():
             raise SearchError(f"dataset {dataset!r}: the query text is empty; pass some words or a vector")
-        return get_embedder(reader.identity.model, self.device).embed([text])[0]
+        return self.embed(reader.identity.model, [text])[0]
 
     def query_vectors(self, dataset: str, queries: Sequence, reader: IndexReader | None = None) -> np.ndarray:
         """Texts (embedded in one batch with the dataset's model) or vectors -> a (n, dim) float32 matrix.
@@ -112,8 +144,7 @@ class Searcher:
             empty = [i for i, q in enumerate(queries) if not q.strip()]
             if empty:
                 raise SearchError(f"dataset {dataset!r}: query {empty[0]} is empty text; pass some words or a vector")
-            model = get_embedder(reader.identity.model, self.device)
-            return model.embed(list(queries)) if queries else np.empty((0, dim), np.float32)
+            return self.embed(reader.identity.model, list(queries)) if queries else np.empty((0, dim), np.float32)
         elif any(isinstance(q, str) for q in queries):
             raise SearchError(f"dataset {dataset!r}: a batch is either all texts or all vectors, not both")
         else:
@@ -174,6 +205,8 @@ class Searcher:
         chunk's text cut from the embedded columns."""
 
         def answer(wanted):
+            if mode == "vector" and getattr(vector, "ndim", 1) == 2:  # a batch (search_batch): one table
+                return reader.search_rows_many(vector, int(k), wanted, ef_search)
             if mode == "vector":
                 return reader.search_rows(vector, int(k), wanted, ef_search, where=where, group=group)
             if mode == "text":
@@ -302,6 +335,9 @@ class Searcher:
             vectors = [None] * len(queries)
         else:
             vectors = self.query_vectors(dataset, queries, reader)
+        if mode == "vector" and where is None and len(vectors) and not (group and reader.state.chunked):
+            # one graph search and one take of rows for the whole batch
+            return self._answer(reader, dataset, vectors, k, columns, ef_search, None, group, mode, None, None)
         tables = []
         for i, vector in enumerate(vectors):
             text = queries[i] if texts else None

@@ -2,8 +2,8 @@
 
 Bottom to top (an import may only point down this list, or stay within its own layer):
 
-    0 formats    quiver.resources.{spec, spicepod, faults, files, values}: the dataset spec (and a
-                 spicepod read as one), the fault points,
+    0 formats    quiver.resources.{spec, spec_file, spicepod, faults, files, values}: the dataset
+                 spec (its file, and a spicepod read as one), the fault points,
                  the one atomic-publish helper, the one JSON encoder and table printer
     1 engine     every other module under quiver.resources but its dagster package; no Dagster
     2 dagster    quiver.resources.dagster_resources: the Dagster resources and asset names
@@ -32,7 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("formats", "engine", "dagster", "dagster-bodies", "pipelines", "api")
-FORMATS = {f"quiver.resources.{name}" for name in ("spec", "spicepod", "faults", "files", "values")}
+FORMATS = {f"quiver.resources.{name}" for name in ("spec", "spec_file", "spicepod", "faults", "files", "values")}
 BARE = ("resources", "assets", "sensors", "pipelines")
 DAGSTER = ("dagster", "dagster_duckdb", "dagster_webserver", "dagster_graphql", "dagster_pipes", "dagster_shared")
 

@@ -69,4 +69,4 @@ def test_installed_in_a_fresh_environment_it_adds_only_quiver(wheel, tmp_path):
     )
     env = {**os.environ, "PYTHONPATH": deps}
     out = run(str(python), "-c", probe, cwd=tmp_path, env=env)
-    assert out.split() == ["quiver.pipelines.query", "quiver.resources.search", "quiver.resources.spec"]
+    assert out.split() == ["quiver.pipelines.query", "quiver.resources.search", "quiver.resources.spec_file"]

@@ -93,6 +93,29 @@ def list_segments(root: Path) -> list[SegmentRef]:
     return sorted(refs, key=lambda ref: ref.first)
 
 
+# A directory's mtime comes from the kernel's coarse clock (a tick of up to 10 ms): a segment renamed
+# in within the tick of the stat a reader compared can leave the mtime unchanged. Once the mtime is
+# this much older than the stat, any later change moves it, so an equal stat proves an equal listing
+# (git's "racy timestamp" rule, with a wide margin).
+LOG_STAT_SETTLED_NS = 1_000_000_000
+
+
+def log_dir_stat(root: Path) -> tuple[int, int, int] | None:
+    """(inode, mtime, ctime) of ``log/``, or None when it does not exist: one stat, taken before a
+    listing, that tells a reader on the next query whether the listing can have changed."""
+    try:
+        st = os.stat(os.path.join(root, LOG_DIR))  # os.path, not pathlib: this runs per query
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def log_stat_settled(stat: tuple[int, int, int] | None, taken_ns: int) -> bool:
+    """Whether ``stat``, taken at ``taken_ns`` (time.time_ns), can be trusted to change with the next
+    change of the directory (see LOG_STAT_SETTLED_NS)."""
+    return stat is not None and max(stat[1], stat[2]) < taken_ns - LOG_STAT_SETTLED_NS
+
+
 def segment_listing(root: Path) -> tuple[str, ...]:
     """The names of the published segments, sorted: one directory read and no stat, so a reader
     can tell on every query whether the log changed (segments are immutable once renamed in)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -88,7 +89,11 @@ class _State:
     log_problem: str | None = None  # what ended the run of segments early, if anything
     _filters: dict = field(default_factory=dict)
     _selected: dict = field(default_factory=dict)
+    _schemas: dict = field(default_factory=dict)
     log_listing: tuple[str, ...] = ()  # the log/ names this state was read from (segment_listing)
+    # log/'s stat taken before that listing, once it is settled (commitlog.log_stat_settled): while
+    # log/ still has it, the listing is the same and a query's refresh is two stats, no listing.
+    log_stat: tuple | None = None
     delta_graph: object = None  # the delta's HNSW graph once the background build finished
     delta_scans: int = 0
     _building: bool = False
@@ -123,11 +128,12 @@ class _State:
             self.build_delta_graph()
         return self.delta_graph
 
-    def selected(self, names: tuple[str, ...]) -> tuple[pa.Table | None, pa.Table | None]:
-        """The snapshot's and the delta's rows with only ``names`` (made once per state)."""
+    def selected(self, names: tuple[str, ...]) -> tuple[pa.RecordBatch | None, pa.RecordBatch | None]:
+        """The snapshot's and the delta's rows with only ``names``, each one contiguous batch (made
+        once per state: a query's rows are then one ``take`` per column, no chunk lookup)."""
         if names not in self._selected:
             self._selected[names] = tuple(
-                None if table is None else _select(table, list(names))
+                None if table is None else _one_batch(_select(table, list(names)))
                 for table in (self.snap.rows if self.snap else None, self.delta_rows)
             )
         return self._selected[names]
@@ -140,6 +146,20 @@ class _State:
     @property
     def problems(self) -> tuple[str, ...]:
         return tuple(p for p in (self.snapshot_problem, self.log_problem) if p)
+
+    def scored_schema(self, rows: pa.Schema) -> pa.Schema:
+        """``rows`` with ``score`` and ``distance`` (float64) after the primary key (made once per state)."""
+        schema = self._schemas.get(rows)
+        if schema is None:
+            fields = list(rows)
+            fields[1:1] = [pa.field("score", pa.float64()), pa.field("distance", pa.float64())]
+            schema = self._schemas[rows] = pa.schema(fields)
+        return schema
+
+    @cached_property
+    def served_columns(self) -> list[str]:
+        """The served columns of the snapshot's rows and the delta's, in order (see _served_columns)."""
+        return _served_columns(self)
 
     @cached_property
     def chunked(self) -> bool:
@@ -215,7 +235,7 @@ class IndexReader:
 
     @property
     def served_columns(self) -> list[str]:
-        return _served_columns(self.state)
+        return list(self.state.served_columns)
 
     def __len__(self) -> int:
         return self.state.live_vectors
@@ -266,12 +286,17 @@ class IndexReader:
         else:
             # Same names, same log (segments are immutable), unless a damaged one may have been
             # repaired in place: then the names cannot tell, and the chain is read again.
+            log_stat = commitlog.log_dir_stat(self.root)
+            if current.log_stat is not None and log_stat == current.log_stat and current.log_problem is None:
+                return False
+            settled = log_stat if commitlog.log_stat_settled(log_stat, time.time_ns()) else None
             listing = commitlog.segment_listing(self.root)
             if listing == current.log_listing and current.log_problem is None:
+                current.log_stat = settled
                 return False
             names = self._chain_after(current.base_seq)
             if names == current.segment_names:  # e.g. a snapshot's cleanup removed older segments
-                current.log_listing = listing
+                current.log_listing, current.log_stat = listing, settled
                 return False
             state = self._with_delta(
                 current.manifest,
@@ -338,6 +363,8 @@ class IndexReader:
         snap_keys: np.ndarray,
         snapshot_problem: str | None,
     ) -> _State:
+        log_stat = commitlog.log_dir_stat(self.root)  # before the listing: a change after it moves the stat
+        settled = log_stat if commitlog.log_stat_settled(log_stat, time.time_ns()) else None
         refs = commitlog.list_segments(self.root)
         records, chain = commitlog.read_chain(refs, base_seq, manifest.identity)
         log_problem = f"log: {chain.problem}; serving the segments before it" if chain.problem else None
@@ -388,6 +415,7 @@ class IndexReader:
             snapshot_problem=snapshot_problem,
             log_problem=log_problem,
             log_listing=tuple(sorted(ref.name for ref in refs)),
+            log_stat=settled,
         )
 
     # -- search ------------------------------------------------------------------------------
@@ -431,6 +459,41 @@ class IndexReader:
                     state.scanned_delta()
         return _merge(keys, distances, k)
 
+    def search_many(self, vectors: np.ndarray, k: int, ef_search: int | None = None) -> list[Hits]:
+        """``search`` for each row of ``vectors``, in one served state: the snapshot's graph is
+        searched for all of them in one usearch call (its threads spread the batch over the cores);
+        a query whose hits the delta shadows too much is widened alone, as ``search`` does."""
+        return self._search_many(self.state, np.asarray(vectors, dtype=np.float32), k, ef_search)
+
+    def _search_many(self, state: _State, vectors: np.ndarray, k: int, ef_search: int | None) -> list[Hits]:
+        ef_search = ef_search or state.manifest.hnsw.ef_search
+        if len(vectors) < 2 or state.snap is None or not len(state.snap.index) or state.delta_graph is not None:
+            return [self._search(state, v, k, ef_search, False, None) for v in vectors]
+        index, shadowed = state.snap.index, state.shadowed
+        size = len(index)
+        wanted = min(k, size - len(shadowed))
+        count = min(size, k + int(np.ceil(2 * k * len(shadowed) / size)) + (2 if len(shadowed) else 0))
+        index.expansion_search = ef_search
+        found = index.search(vectors, count)
+        out = []
+        for i, vector in enumerate(vectors):
+            n = int(found.counts[i])
+            keys = np.asarray(found.keys[i, :n], dtype=np.uint64)
+            dist = np.asarray(found.distances[i, :n], dtype=np.float32)
+            live = ~_contains(shadowed, keys)
+            if live.sum() < wanted:  # shadowed too much: widened alone (and exact if the graph runs short)
+                keys, dist = self._search_snapshot(state, vector, k, ef_search, False)
+            else:
+                keys, dist = keys[live][:k], dist[live][:k]
+            parts = [(keys, dist)]
+            if len(state.delta_keys):
+                parts.append(
+                    self._brute_force(state, state.delta_keys, state.delta_vectors, vector, k, state.delta_sq_norms)
+                )
+                state.scanned_delta()
+            out.append(_merge([p[0] for p in parts], [p[1] for p in parts], k))
+        return out
+
     @property
     def delta_graph_ready(self) -> bool:
         """Whether queries use a graph for the delta (small deltas never need one)."""
@@ -452,7 +515,9 @@ class IndexReader:
         shadowed = state.shadowed
         count = min(size, k + int(np.ceil(2 * k * len(shadowed) / size)) + (2 if len(shadowed) else 0))
         while True:
-            found = index.search(vector, count, exact=exact)
+            # One vector is one thread's work: threads=1 skips usearch's dispatch to a pool (5 us of a
+            # 100 us search at 2k rows); queries run in parallel one level up.
+            found = index.search(vector, count, exact=exact, threads=1)
             keys = np.asarray(found.keys, dtype=np.uint64)
             dist = np.asarray(found.distances, dtype=np.float32)
             live = ~_contains(shadowed, keys)
@@ -603,26 +668,27 @@ class IndexReader:
         state = self.state
         keys = np.asarray(keys, dtype=np.uint64)
         _require_served(state, keys)
-        return self._rows(state, keys, columns)
+        return pa.Table.from_batches([self._rows(state, keys, columns)])
 
-    def _rows(self, state: _State, keys: np.ndarray, columns: list[str] | None) -> pa.Table:
+    def _rows(self, state: _State, keys: np.ndarray, columns: list[str] | None) -> pa.RecordBatch:
         """``rows`` for keys known to be live in ``state`` (a search's hits in that same state)."""
         pk = state.manifest.primary_key
-        names = (pk, *(_served_columns(state) if columns is None else columns))
+        names = (pk, *(state.served_columns if columns is None else columns))
         if len(keys) == 0:
-            return pa.table({name: pa.array([]) for name in names})
+            return pa.RecordBatch.from_pydict({name: pa.array([]) for name in names})
         snap_rows, delta_rows = state.selected(names)
         in_delta = _contains(state.delta_keys, keys)  # the delta rows are in delta_keys' order
         if not in_delta.any():  # the usual case: one take, already in the order asked
-            return snap_rows.take(np.searchsorted(state.snap_keys, keys))
+            return snap_rows.take(_positions(np.searchsorted(state.snap_keys, keys)))
         if in_delta.all():
-            return delta_rows.take(np.searchsorted(state.delta_keys, keys))
+            return delta_rows.take(_positions(np.searchsorted(state.delta_keys, keys)))
         parts = [
             delta_rows.take(np.searchsorted(state.delta_keys, keys[in_delta])),
             snap_rows.take(np.searchsorted(state.snap_keys, keys[~in_delta])),
         ]
         positions = np.concatenate([np.flatnonzero(in_delta), np.flatnonzero(~in_delta)])
-        return pa.concat_tables(parts, promote_options="default").take(np.argsort(positions, kind="stable"))
+        together = pa.concat_tables([pa.Table.from_batches([p]) for p in parts], promote_options="default")
+        return _one_batch(together.take(np.argsort(positions, kind="stable")))
 
     def search_rows(
         self,
@@ -644,11 +710,33 @@ class IndexReader:
         hits = self._search(state, vector, k, ef_search, False, where)
         if group and state.chunked:
             hits = self._best_chunk_per_row(state, vector, k, ef_search, where, hits)
-        scores = scores_from_distances(self.identity.metric, hits.distances)
-        return _with_columns(
-            self._rows(state, hits.keys, columns),
-            {"score": pa.array(scores, pa.float64()), "distance": pa.array(hits.distances.astype(np.float64))},
-        )
+        return self._scored_rows(state, hits.keys, hits.distances, columns)
+
+    def _scored_rows(self, state: _State, keys: np.ndarray, distances: np.ndarray, columns: list[str] | None) -> pa.Table:
+        """The rows of ``keys`` with ``score`` and ``distance`` after the primary key: one take and one
+        Table made from its arrays, on the schema the state keeps for these columns (per query, every
+        Arrow call costs the search time too: its code evicts the graph's from the CPU caches)."""
+        rows = self._rows(state, keys, columns)
+        distances = np.ascontiguousarray(distances, dtype=np.float64)
+        scores = scores_from_distances(state.manifest.identity.metric, distances)
+        schema = state.scored_schema(rows.schema)
+        arrays = rows.columns
+        arrays[1:1] = [_float64s(scores), _float64s(distances)]
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+    def search_rows_many(
+        self, vectors: np.ndarray, k: int, columns: list[str] | None = None, ef_search: int | None = None
+    ) -> pa.Table:
+        """``search_rows`` for each row of ``vectors`` as one Table, ``query`` (the row's position)
+        first: one graph search for the batch (``search_many``) and one ``take`` of rows for all the
+        answers. Unit hits: a chunked dataset's rows are grouped by ``search_rows``, one query at a time."""
+        state = self.state
+        hits = self._search_many(state, np.asarray(vectors, dtype=np.float32), k, ef_search)
+        keys = np.concatenate([h.keys for h in hits]) if hits else np.empty(0, np.uint64)
+        distances = np.concatenate([h.distances for h in hits]) if hits else np.empty(0, np.float32)
+        query = np.repeat(np.arange(len(hits), dtype=np.int32), [len(h.keys) for h in hits])
+        table = self._scored_rows(state, keys, distances, columns)
+        return table.add_column(0, "query", pa.Array.from_buffers(pa.int32(), len(query), [None, pa.py_buffer(query)]))
 
     def _best_chunk_per_row(
         self, state: _State, vector: np.ndarray, k: int, ef_search: int | None, where: str | None, hits: Hits
@@ -732,7 +820,7 @@ class IndexReader:
         answer only) and the served columns. ``group`` as in ``search_rows``."""
         state = self.state
         keys, scores = self._text_ranking(state, text, k, where, group)
-        return _with_columns(self._rows(state, keys, columns), {"score": pa.array(scores.astype(np.float64))})
+        return _with_columns(self._rows(state, keys, columns), {"score": _float64s(scores)})
 
     def search_hybrid_rows(
         self,
@@ -796,8 +884,9 @@ def astuple(hits) -> tuple[np.ndarray, np.ndarray]:
     return (hits.keys, hits.distances) if isinstance(hits, Hits) else (hits.keys, hits.scores)
 
 
-def _with_columns(rows: pa.Table, extra: dict[str, pa.Array]) -> pa.Table:
-    """``rows`` (primary key first) with ``extra`` columns right after the primary key."""
+def _with_columns(rows: pa.RecordBatch, extra: dict[str, pa.Array]) -> pa.Table:
+    """``rows`` (primary key first) with ``extra`` columns right after the primary key: one Table
+    made once from the arrays."""
     arrays, names = rows.columns, rows.column_names
     arrays[1:1] = list(extra.values())
     names[1:1] = list(extra)
@@ -848,6 +937,24 @@ def _merge(keys: list[np.ndarray], distances: list[np.ndarray], k: int) -> Hits:
     all_keys, all_dist = np.concatenate(keys), np.concatenate(distances)
     order = np.argsort(all_dist, kind="stable")[:k]
     return Hits(all_keys[order], all_dist[order])
+
+
+def _float64s(values: np.ndarray) -> pa.Array:
+    """A float64 Arrow array over ``values``' buffer: pa.array(ndarray) would first import numpy.ma
+    (25 ms of a new process's first query) to rule out a masked array."""
+    values = np.ascontiguousarray(values, dtype=np.float64)
+    return pa.Array.from_buffers(pa.float64(), len(values), [None, pa.py_buffer(values)])
+
+
+def _positions(values: np.ndarray) -> pa.Array:
+    """Row positions for ``take``, as an int64 Arrow array over their buffer (see ``_float64s``)."""
+    values = np.ascontiguousarray(values, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
+
+
+def _one_batch(table: pa.Table) -> pa.RecordBatch:
+    """``table`` as one contiguous batch (an empty table too)."""
+    return pa.RecordBatch.from_arrays([column.combine_chunks() for column in table.columns], schema=table.schema)
 
 
 def _select(table: pa.Table, columns: list[str]) -> pa.Table:

@@ -58,7 +58,15 @@ def index_root(work: Path) -> Path:
 def store_for(work: Path) -> IndexStore:
     identity = IndexIdentity(dim=DIM, metric="cosine", dtype="f32", model=MODEL)
     # full text over the served name (not the embedded text): a snapshot writes a text index too
-    return IndexStore(index_root(work), DATASET, identity, PARAMS, PK, text=TextConfig(("name",), ("text",)))
+    keep_previous = not (work / NO_FALLBACK_MARKER).exists()
+    return IndexStore(
+        index_root(work), DATASET, identity, PARAMS, PK, keep_previous, text=TextConfig(("name",), ("text",))
+    )
+
+
+# Present in a world prepared with keep_previous=False: every writer process's store keeps no
+# fallback snapshot (the spec's snapshots.keep_previous: false).
+NO_FALLBACK_MARKER = "keep_previous-false"
 
 
 class Source:
@@ -178,8 +186,11 @@ def run_writer(command: str, work: Path, kill_at: str | None = None) -> subproce
     )
 
 
-def prepare(work, seed: int) -> Source:
-    """Two snapshots (a current and a previous) and one segment after the current one."""
+def prepare(work, seed: int, keep_previous: bool = True) -> Source:
+    """Two snapshots (a current and a previous, unless ``keep_previous`` is false) and one segment
+    after the current one."""
+    if not keep_previous:
+        (work / NO_FALLBACK_MARKER).touch()
     source = Source(seed)
     for round_ in range(3):
         if round_:

@@ -194,6 +194,34 @@ def test_unservable_damage_is_refused_then_rebuilt_from_duckdb(world, case):
     check_reader_serves(serving, scenario.duckdb_state(work))
 
 
+def test_without_a_fallback_a_damaged_snapshot_is_refused_then_rebuilt_from_duckdb(tmp_path):
+    """snapshots.keep_previous: false (the default) keeps no second copy: a damaged snapshot cannot
+    be served around, so a new reader refuses it by name, a serving one keeps its mapped copy, and
+    the next refresh rebuilds the directory from DuckDB with nothing committed lost."""
+    source = scenario.prepare(tmp_path, seed=7, keep_previous=False)
+    root = scenario.index_root(tmp_path)
+    manifest = read_manifest(root)
+    assert manifest.previous_snapshot is None
+    assert [p.name for p in (root / snapshot.SNAPSHOTS_DIR).iterdir()] == [Path(manifest.snapshot.dir).name]
+    serving = IndexReader(root)
+    probe = scenario.embed(["probe"])[0]
+    before = serving.search(probe, 10).keys.tolist()
+
+    damaged = flip_snapshot_index_byte(root)
+
+    with pytest.raises(CorruptFileError) as refused:
+        IndexReader(root).refresh()
+    assert str(damaged) in str(refused.value) and "no previous snapshot" in str(refused.value)
+    assert serving.refresh() is False and serving.search(probe, 10).keys.tolist() == before
+
+    recover_in_fresh_processes(tmp_path)
+    scenario.assert_index_equals_source(tmp_path, source)
+    serving.refresh()
+    assert serving.problems == ()
+    check_reader_serves(serving, scenario.duckdb_state(tmp_path))
+    assert read_manifest(root).previous_snapshot is None
+
+
 def test_leftover_temp_files_are_ignored_by_readers_and_removed_by_the_writer(world):
     work, root, source = world
     leftovers = [

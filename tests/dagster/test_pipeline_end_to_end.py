@@ -162,19 +162,29 @@ def test_several_datasets_side_by_side(tmp_path, sample_table, monkeypatch):
         assert [m[key] for m in body["matches"]] == pytest.approx([row[key] for _, row in best])
 
 
-def test_keep_previous_false_keeps_one_snapshot(tmp_path, sample_table):
-    """``snapshots.keep_previous: false`` reaches the store: after two snapshot runs the directory
-    holds one snapshot and no segment, and it still equals DuckDB."""
+@pytest.mark.parametrize("keep_previous", [None, True], ids=["default", "keep_previous-true"])
+def test_snapshots_keep_previous_reaches_the_store(tmp_path, sample_table, keep_previous):
+    """By default (``snapshots.keep_previous: false``) after two snapshot runs the directory holds
+    one snapshot and no segment; with ``true`` also the previous snapshot and the segments after
+    it. Either way it equals DuckDB."""
     source = tmp_path / "packages.parquet"
     pq.write_table(sample_table.slice(0, 80), source)
-    entry = dataset_entry("pkgs", source, snapshots={"keep_previous": False})
+    options = {} if keep_previous is None else {"snapshots": {"keep_previous": keep_previous}}
+    entry = dataset_entry("pkgs", source, **options)
     spec_path, home = write_spec(tmp_path / "datasets.yaml", [entry]), tmp_path / "home"
     run_all(spec_path, home)
     pq.write_table(sample_table.slice(20, 80), source)  # 20 rows leave, 20 arrive
     run_all(spec_path, home)
     root = home / "pkgs"
     manifest = IndexReader(root).manifest
-    assert manifest.previous_snapshot is None and manifest.snapshot.vectors == 80
-    assert [p.name for p in (root / "snapshots").iterdir()] == [manifest.snapshot.dir.split("/")[1]]
-    assert list_segments(root) == []
+    assert manifest.snapshot.vectors == 80
+    snapshots = sorted(p.name for p in (root / "snapshots").iterdir())
+    if keep_previous:
+        assert manifest.previous_snapshot is not None
+        assert snapshots == sorted(e.dir.split("/")[1] for e in (manifest.previous_snapshot, manifest.snapshot))
+        assert [ref.last for ref in list_segments(root)][-1] == manifest.snapshot.seq
+    else:
+        assert manifest.previous_snapshot is None
+        assert snapshots == [manifest.snapshot.dir.split("/")[1]]
+        assert list_segments(root) == []
     check_derived_and_exact(root, home / DUCKDB_FILE, "pkgs")

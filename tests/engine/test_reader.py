@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -66,6 +67,11 @@ def test_exactly_k_rows_after_most_snapshot_keys_change(tmp_path, kit, deletes, 
             assert not set(hits.keys.tolist()) & deleted
             assert np.all(np.diff(hits.distances) >= 0), "best first"
     assert reader_keys(reader) == set(work.model.rows)
+    for k in (1, 5, 10):  # a batch (one graph search for all) answers as each query alone
+        batch = reader.search_many(np.stack(queries), k, ef_search=ef_search)
+        alone = [reader.search(query, k, ef_search=ef_search) for query in queries]
+        assert [h.keys.tolist() for h in batch] == [h.keys.tolist() for h in alone]
+        assert all(np.allclose(b.distances, a.distances) for b, a in zip(batch, alone, strict=True))
 
 
 @pytest.mark.parametrize("k", [1, 4, 50])
@@ -149,6 +155,29 @@ def test_refresh_picks_up_segments_and_snapshots(tmp_path, kit):
 
     assert store.take_snapshot() is None
     assert reader.refresh() is False
+
+
+def test_a_settled_log_directory_spares_the_listing_until_it_changes(tmp_path, kit, monkeypatch):
+    """Per query a refresh stats log/; once its mtime is over a second old (a change after that
+    always moves it) an unchanged stat skips the listing, and a new segment is still picked up at
+    once. While log/ is younger than that, every refresh lists it (the mtime's tick is coarse)."""
+    store, work = populate(tmp_path, kit, inserts=50)
+    store.append_segment(*work.batch(inserts=5))
+    real_listing, real_now = commitlog.segment_listing, time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real_now() - 10_000_000_000)  # log/ looks just changed
+    reader = IndexReader(tmp_path)
+    reader.refresh()
+    listings = []
+    monkeypatch.setattr(commitlog, "segment_listing", lambda root: listings.append(root) or real_listing(root))
+
+    assert reader.refresh() is False and len(listings) == 1, "log/ changed within the second: listed"
+    monkeypatch.setattr(time, "time_ns", lambda: real_now() + 2_000_000_000)  # log/'s mtime is now settled
+    assert reader.refresh() is False and len(listings) == 2, "listed once more, and the stat is trusted from here"
+    assert reader.refresh() is False and reader.refresh() is False and len(listings) == 2
+
+    store.append_segment(*work.batch(inserts=7, deletes=3))
+    assert reader.refresh() is True, "a renamed-in segment moves log/'s stat"
+    assert reader_keys(reader) == set(work.model.rows)
 
 
 def test_a_reader_never_writes(tmp_path, kit):

@@ -41,6 +41,22 @@ def test_batch_matches_single_queries(searcher):
     assert empty.num_rows == 0 and empty.column_names[:2] == ["query", "id"]
 
 
+def test_a_batch_of_vectors_is_one_table_equal_to_single_queries(searcher):
+    """Without a filter the batch takes the one-call path (reader.search_rows_many): the same rows,
+    scores and columns as each query alone, over a snapshot whose keys the delta shadows."""
+    searcher, work = searcher
+    queries = np.random.default_rng(3).normal(size=(6, DIM)).astype(np.float32)
+    batch = searcher.search_batch("products", queries, k=4, columns=["name"])
+    assert batch.column_names == ["query", "id", "score", "distance", "name"] and batch.num_rows == 24
+    for i, query in enumerate(queries):
+        single = searcher.search("products", query, k=4, columns=["name"])
+        part = batch.filter(np.asarray(batch.column("query")) == i).drop_columns(["query"])
+        assert part.column("id").to_pylist() == single.column("id").to_pylist()
+        assert part.column("name").to_pylist() == single.column("name").to_pylist()
+        assert part.column("score").to_pylist() == pytest.approx(single.column("score").to_pylist())
+    assert len(work.model.rows) > 4 * len(queries) and batch.column("id").null_count == 0
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [

@@ -340,3 +340,31 @@ def test_a_recall_check_still_to_come_makes_the_sensor_wait(project):
     )
     instance.report_run_failed(run)  # the run ended before its check ran: the plan never completes
     assert len(requests_of(tick(defs, f"{DS}_snapshot_sensor", instance))) == 1
+
+
+# -- intervals ---------------------------------------------------------------------------------
+def test_the_source_sensor_ticks_on_every_pass_of_the_daemon_loop(project, monkeypatch):
+    from dagster._daemon.sensor import MIN_INTERVAL_LOOP_TIME
+
+    from quiver.sensors.settings import DAEMON_SENSOR_LOOP_SECONDS, DEFAULTS, ENV
+
+    monkeypatch.delenv(ENV, raising=False)
+    _, defs = project.make()
+    # The freshness figures assume Dagster's 5 s sensor loop: an interval under one pass ticks on
+    # every pass, one of 5 s would skip a pass now and then.
+    assert DAEMON_SENSOR_LOOP_SECONDS == MIN_INTERVAL_LOOP_TIME
+    assert defs.get_sensor_def(f"{DS}_source_sensor").minimum_interval_seconds == DEFAULTS["source"]
+    assert DEFAULTS["source"] < DAEMON_SENSOR_LOOP_SECONDS
+    assert defs.get_sensor_def(f"{DS}_snapshot_sensor").minimum_interval_seconds == DEFAULTS["snapshot"]
+
+
+def test_the_interval_variable_sets_both_sensors_and_rejects_nonsense(project, monkeypatch):
+    from quiver.sensors.settings import ENV
+
+    monkeypatch.setenv(ENV, "2")
+    _, defs = project.make()
+    intervals = {defs.get_sensor_def(f"{DS}_{kind}_sensor").minimum_interval_seconds for kind in ("source", "snapshot")}
+    assert intervals == {2}
+    monkeypatch.setenv(ENV, "0")
+    with pytest.raises(ValueError, match=ENV):
+        project.make()

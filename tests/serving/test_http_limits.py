@@ -163,8 +163,13 @@ def test_parallel_answers_equal_sequential(server):
     with ThreadPoolExecutor(max_workers=16) as pool:
         parallel = list(pool.map(lambda r: search(server, r), requests))
     assert all(status == 200 for status, _ in parallel), parallel
+    # the same rows in the same order; scores within float noise: a query text embedded in a batch
+    # with others differs from the one embedded alone in the last bits of its vector
     for (_, one), (_, other) in zip(sequential, parallel):
-        assert one["matches"] == other["matches"]
+        assert [{k: v for k, v in m.items() if k != "score"} for m in one["matches"]] == [
+            {k: v for k, v in m.items() if k != "score"} for m in other["matches"]
+        ]
+        assert [m["score"] for m in one["matches"]] == pytest.approx([m["score"] for m in other["matches"]])
     assert all(answer["matches"] for _, answer in parallel)
 
 

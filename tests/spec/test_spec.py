@@ -49,7 +49,7 @@ FULL = {
         "min_delta_size_percent": 2.5,
         "on_startup": False,
         "rebuild_tombstone_percent": 50,
-        "keep_previous": False,
+        "keep_previous": True,
     },
     "refresh_cron": "0 * * * *",
 }
@@ -93,7 +93,7 @@ def test_minimal_defaults():
     assert s.enabled and s.on_startup
     assert (s.interval_seconds, s.min_delta_commitlogs, s.min_delta_size_percent) == (21600, 1, 5)
     assert s.rebuild_tombstone_percent == 20
-    assert s.keep_previous
+    assert s.keep_previous is False  # DuckDB rebuilds a damaged snapshot: no second copy by default
 
 
 def test_full():
@@ -108,7 +108,7 @@ def test_full():
     assert ds.snapshots.model_dump() == {
         "enabled": False, "interval_seconds": 60.0, "min_delta_commitlogs": 3,
         "min_delta_size_percent": 2.5, "on_startup": False, "rebuild_tombstone_percent": 50.0,
-        "keep_previous": False,
+        "keep_previous": True,
     }
     assert ds.refresh_cron == "0 * * * *"
 

@@ -125,21 +125,23 @@ def build_all(size: Size, corpus: corpora.Corpus, work: Path) -> tuple[dict, Qui
     return results, quiver, raw, vss_db
 
 
-VARIANTS = {  # label -> QuiverSide options, for the size figures
+VARIANTS = {  # label -> QuiverSide options, for the size figures (the default is f32, no fallback copy)
     "an f16 index": {"dtype": "f16"},
     "an i8 index": {"dtype": "i8"},
-    "an f32 index, snapshots.keep_previous: false": {"keep_previous": False},
+    "an f32 index, snapshots.keep_previous: true": {"keep_previous": True},
 }
 
 
 def variant_sizes(corpus: corpora.Corpus, work: Path) -> dict:
-    """quiver's state (DuckDB file + index directory) after a build, for each of ``VARIANTS``."""
+    """quiver's state (DuckDB file + index directory) after a build, and its recall@10 against exact
+    search (one pass of the queries through the helper), for each of ``VARIANTS``."""
+    truth = corpora.exact_top_k(corpus.base, corpus.queries, 10)
     out = {}
     for label, options in VARIANTS.items():
         progress(f"quiver with {label}")
         side = QuiverSide(work / f"quiver-variant-{len(out)}", corpus, **options)
         side.load()
-        out[label] = side.build()["bytes"]
+        out[label] = side.build()["bytes"] | {"recall_at_10": corpora.recall(side.query(corpus.queries, 1)["found"], truth)}
         shutil.rmtree(side.home)
     return out
 

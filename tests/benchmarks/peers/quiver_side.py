@@ -25,6 +25,7 @@ import yaml
 
 from quiver.resources import warehouse
 from quiver.resources.index import HnswParams, IndexIdentity, IndexReader, IndexStore
+from quiver.resources.spec import SnapshotsSpec
 from tests.benchmarks.peers.corpus import ChangeRound, Corpus, Rows
 
 DATASET = "bench"
@@ -50,7 +51,7 @@ def dir_bytes(path: Path) -> int:
 
 
 class QuiverSide:
-    def __init__(self, home: Path, corpus: Corpus, dtype: str = "f32", keep_previous: bool = True):
+    def __init__(self, home: Path, corpus: Corpus, dtype: str = "f32", keep_previous: bool = SnapshotsSpec().keep_previous):
         self.home, self.corpus = home, corpus
         self.db, self.source, self.index = home / "quiver.duckdb", home / "source.parquet", home / DATASET
         home.mkdir(parents=True, exist_ok=True)
@@ -67,7 +68,8 @@ class QuiverSide:
             "embeddings": {"column": "text"},
             "vectors": {"metric": "cosine", "m": PARAMS.m, "ef_construction": PARAMS.ef_construction},
         }
-        self.spec.write_text(yaml.safe_dump({"datasets": [entry | {"vectors": entry["vectors"] | {"dtype": dtype}}]}))
+        entry |= {"vectors": entry["vectors"] | {"dtype": dtype}, "snapshots": {"keep_previous": keep_previous}}
+        self.spec.write_text(yaml.safe_dump({"datasets": [entry]}))
         self.current = pa.table({"pk": corpus.base.pks, "text": corpus.base.texts})
 
     @contextmanager
@@ -168,12 +170,12 @@ class QuiverSide:
         Each in a pass of its own over all the queries, as raw usearch is measured: right after one
         search of a vector, a second search of the same vector finds the graph's nodes in the CPU
         cache and takes about half the time."""
-        from quiver.pipelines import search
+        from quiver.pipelines import search, search_batch
 
         self.use_env()
         reader = IndexReader(self.index)
         search(DATASET, queries[0], k=10, ef_search=PARAMS.ef_search)  # opens the index: cold start is measured apart
-        helper, keys_only, found = [], [], []
+        helper, keys_only, batch, found = [], [], [], []
         for _ in range(passes):
             times, reader_times, found = [], [], []
             for vector in queries:
@@ -187,4 +189,7 @@ class QuiverSide:
                 reader_times.append(time.perf_counter() - started)
             helper.append(times)
             keys_only.append(reader_times)
-        return {"passes": helper, "reader_passes": keys_only, "found": found}
+            started = time.perf_counter()
+            search_batch(DATASET, queries, k=10, ef_search=PARAMS.ef_search)  # one call for the pass
+            batch.append((time.perf_counter() - started) / len(queries))
+        return {"passes": helper, "reader_passes": keys_only, "batch_per_query_s": batch, "found": found}

@@ -72,6 +72,17 @@ def build_table(r: dict) -> list[dict]:
         "<=1.2x usearch",
         _verdict(_median(reader["p50_ms"]) / u50 <= 1.2),
     )
+    if "batch_per_query_s" in query["quiver"]:
+        batch = {n: spread([t * 1000 for t in query[n]["batch_per_query_s"]]) for n in ("quiver", "usearch")}
+        add(
+            f"query ms per query, a batch of {lat['quiver']['queries_per_pass']} (quiver.search_batch, rows; usearch: one search call)",
+            fmt(batch["quiver"]),
+            "",
+            fmt(batch["usearch"]),
+            f"q/usearch {_median(batch['quiver']) / _median(batch['usearch']):.2f}x",
+            "<=1.2x usearch",
+            _verdict(_median(batch["quiver"]) / _median(batch["usearch"]) <= 1.2),
+        )
     add(
         "query p95 ms",
         fmt(lat["quiver"]["p95_ms"]),
@@ -208,7 +219,7 @@ def _size_rows(r: dict, add) -> None:
         total = sizes["duckdb"] + sizes["index_dir"]
         add(
             f"size after build MiB, quiver with {label}",
-            f"{mib(total):.1f} (index {mib(sizes['index_dir']):.1f})",
+            f"{mib(total):.1f} (index {mib(sizes['index_dir']):.1f}); recall@10 {sizes['recall_at_10']:.4f}",
             "",
             "",
             f"q/raw {total / raw:.2f}x",
