@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 
 ENV_DATASETS, ENV_HOME = "QUIVER_DATASETS", "QUIVER_HOME"
+# libyaml's loader where installed (PyYAML wheels ship it): 10x the pure-Python one.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class SpecError(ValueError):
@@ -55,10 +57,6 @@ def read_spec_yaml(path: str | Path | None = None) -> tuple[Any, Path]:
         return yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER), path
     except yaml.YAMLError as exc:
         raise SpecError(f"{path} is not valid YAML: {exc}") from exc
-
-
-# libyaml's loader where installed (PyYAML wheels ship it): 10x the pure-Python one.
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def dataset_names(path: str | Path | None = None) -> tuple[str, ...]:

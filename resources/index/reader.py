@@ -470,11 +470,9 @@ class IndexReader:
         if len(vectors) < 2 or state.snap is None or not len(state.snap.index) or state.delta_graph is not None:
             return [self._search(state, v, k, ef_search, False, None) for v in vectors]
         index, shadowed = state.snap.index, state.shadowed
-        size = len(index)
-        wanted = min(k, size - len(shadowed))
-        count = min(size, k + int(np.ceil(2 * k * len(shadowed) / size)) + (2 if len(shadowed) else 0))
+        wanted = min(k, len(index) - len(shadowed))
         index.expansion_search = ef_search
-        found = index.search(vectors, count)
+        found = index.search(vectors, _oversampled(k, len(index), len(shadowed)))
         out = []
         for i, vector in enumerate(vectors):
             n = int(found.counts[i])
@@ -510,10 +508,8 @@ class IndexReader:
         if wanted <= 0:
             return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
         index.expansion_search = ef_search
-        # Oversample by twice the share of shadowed keys (the hits they are expected to displace),
-        # then widen x4 until enough live hits come back.
         shadowed = state.shadowed
-        count = min(size, k + int(np.ceil(2 * k * len(shadowed) / size)) + (2 if len(shadowed) else 0))
+        count = _oversampled(k, size, len(shadowed))  # then widened x4 until enough live hits come back
         while True:
             # One vector is one thread's work: threads=1 skips usearch's dispatch to a pool (5 us of a
             # 100 us search at 2k rows); queries run in parallel one level up.
@@ -736,7 +732,7 @@ class IndexReader:
         distances = np.concatenate([h.distances for h in hits]) if hits else np.empty(0, np.float32)
         query = np.repeat(np.arange(len(hits), dtype=np.int32), [len(h.keys) for h in hits])
         table = self._scored_rows(state, keys, distances, columns)
-        return table.add_column(0, "query", pa.Array.from_buffers(pa.int32(), len(query), [None, pa.py_buffer(query)]))
+        return table.add_column(0, "query", _arrow(query, np.int32))
 
     def _best_chunk_per_row(
         self, state: _State, vector: np.ndarray, k: int, ef_search: int | None, where: str | None, hits: Hits
@@ -939,17 +935,30 @@ def _merge(keys: list[np.ndarray], distances: list[np.ndarray], k: int) -> Hits:
     return Hits(all_keys[order], all_dist[order])
 
 
+_ARROW_OF = {np.dtype(np.float64): pa.float64(), np.dtype(np.int64): pa.int64(), np.dtype(np.int32): pa.int32()}
+
+
+def _oversampled(k: int, size: int, shadowed: int) -> int:
+    """Hits to ask the snapshot's graph for so that ``k`` stay live: oversampled by twice the share
+    of shadowed keys (the hits they are expected to displace)."""
+    return min(size, k + int(np.ceil(2 * k * shadowed / size)) + (2 if shadowed else 0))
+
+
+def _arrow(values: np.ndarray, dtype) -> pa.Array:
+    """An Arrow array over ``values``' buffer as ``dtype`` (float64, int64 or int32, no nulls):
+    pa.array(ndarray) would first import numpy.ma (25 ms of a new process's first query) to rule
+    out a masked array."""
+    values = np.ascontiguousarray(values, dtype=dtype)
+    return pa.Array.from_buffers(_ARROW_OF[values.dtype], len(values), [None, pa.py_buffer(values)])
+
+
 def _float64s(values: np.ndarray) -> pa.Array:
-    """A float64 Arrow array over ``values``' buffer: pa.array(ndarray) would first import numpy.ma
-    (25 ms of a new process's first query) to rule out a masked array."""
-    values = np.ascontiguousarray(values, dtype=np.float64)
-    return pa.Array.from_buffers(pa.float64(), len(values), [None, pa.py_buffer(values)])
+    return _arrow(values, np.float64)
 
 
 def _positions(values: np.ndarray) -> pa.Array:
-    """Row positions for ``take``, as an int64 Arrow array over their buffer (see ``_float64s``)."""
-    values = np.ascontiguousarray(values, dtype=np.int64)
-    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
+    """Row positions for ``take``."""
+    return _arrow(values, np.int64)
 
 
 def _one_batch(table: pa.Table) -> pa.RecordBatch:
