@@ -141,6 +141,29 @@ bench-hybrid: install
 bench-load: install
 	$(BIN)/python tests/benchmarks/bench_load.py
 
+# The same incremental refresh (2,000 new rows of ../shared/data/debian_packages.parquet, long
+# descriptions) embedded by one step with 1 and 2 threads, and by two fan-out workers of one thread
+# each (embeddings.fan_out: 2, the multiprocess executor); medians of 3 (BENCH_NEW, BENCH_BASE,
+# BENCH_REPEAT, BENCH_CONFIGS; about 7 minutes on two shared cores).
+.PHONY: bench-fanout
+bench-fanout: install
+	$(BIN)/python tests/benchmarks/bench_fanout.py
+
+# Reader processes (1, 2, 4), each with its own cache, on one bucket (moto's S3 on 127.0.0.1) while a
+# writer publishes twice a second: q/s, latency, staleness, agreement (docs/scale.md; about 2.5 minutes).
+.PHONY: bench-readers
+bench-readers: install
+	$(BIN)/python tests/benchmarks/bench_readers.py
+
+# The single writer's commit rate (commit_changes, changes_after, append_segment; 100k rows, random vectors,
+# no model) and the first snapshot of 1M clustered vectors (f32) plus 200k in f32/f16/i8: time, peak RSS, bytes
+# on disk (docs/scale.md; about 13 minutes on two shared cores). BENCH_SCALE_ROWS=100000 BENCH_SCALE_DTYPE_ROWS=0
+# for a quick run; BENCH_SCALE_PARTS, BENCH_SCALE_BASE_ROWS, BENCH_SCALE_BATCHES, BENCH_SCALE_REPEATS,
+# BENCH_SCALE_DTYPES, BENCH_SCALE_VECTORS (see --help).
+.PHONY: bench-scale
+bench-scale: install
+	$(BIN)/python tests/benchmarks/bench_scale.py
+
 clean:
 	rm -rf $(QUIVER_HOME) .pytest_cache .hypothesis
 

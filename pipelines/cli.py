@@ -30,11 +30,13 @@ from quiver.pipelines.http_api import serve
 from quiver.pipelines.query import search
 from quiver.resources.index import read_stats
 from quiver.resources.index.manifest import manifest_path, read_manifest
+from quiver.resources.index.remote import index_dir_for
 from quiver.resources.index.snapshot import distinct_rows
 from quiver.resources.index.snapshot_policy import SnapshotPolicy, decide
 from quiver.resources.preflight import preflight
 from quiver.resources.search import MODES
 from quiver.resources.spec import SpecError, default_home, load_spec
+from quiver.resources.spec_file import default_index_root
 from quiver.resources.values import dumps, format_table
 
 
@@ -115,7 +117,7 @@ def _serve(args) -> int:
 
 
 def dataset_status(spec, home) -> dict:
-    root = home / spec.name
+    root = index_dir_for(home, default_index_root(), spec.name)
     if not manifest_path(root).exists():
         return {"dataset": spec.name, "index": str(root), "built": False}
     manifest, stats = read_manifest(root), read_stats(root)

@@ -32,7 +32,9 @@ from quiver.assets.neighbours import neighbours_asset
 from quiver.pipelines.jobs import EXECUTOR_ENV, choose_executor, refresh_job, snapshot_job
 from quiver.pipelines.schedules import refresh_schedule
 from quiver.resources.dagster_resources import EmbedderResource, IndexResource, SearchResource
+from quiver.resources.object_store import is_object_store_url
 from quiver.resources.spec import QuiverSpec, SpecError, UnknownDatasetError, load_spec
+from quiver.resources.spec_file import default_index_root
 from quiver.sensors.snapshot_sensor import snapshot_sensor
 from quiver.sensors.source_sensor import source_sensor
 
@@ -41,12 +43,15 @@ DUCKDB_FILE = "quiver.duckdb"
 
 def build_definitions(
     spec: QuiverSpec, home: Path, *, schedules: bool = True, sensors: bool = True,
-    executor: str | dg.ExecutorDefinition | None = None,
+    executor: str | dg.ExecutorDefinition | None = None, index_root: str | None = None,
 ) -> dg.Definitions:
     """Every dataset of ``spec`` side by side, its state under ``home``; ``schedules``/``sensors``
     False leave those out (the jobs stay, to be run by hand or by the user's own automation).
     ``executor``: the jobs' executor, a definition or a name of quiver.pipelines.jobs.EXECUTORS;
-    None reads ``$QUIVER_EXECUTOR`` (default: in_process)."""
+    None reads ``$QUIVER_EXECUTOR`` (default: in_process). ``index_root``: where the index
+    directories live, a directory or an ``s3://bucket/prefix`` URL; None reads ``$QUIVER_INDEX_ROOT``
+    (default: ``home``)."""
+    resources = build_resources(spec, home, index_root)
     if not isinstance(executor, dg.ExecutorDefinition):
         executor = choose_executor(executor, EXECUTOR_ENV if executor is None else "executor")
     assets, checks, jobs, schedule_defs, sensor_defs = [], [], [], [], []
@@ -57,7 +62,10 @@ def build_definitions(
         refresh, snapshot = refresh_job(dataset, executor), snapshot_job(dataset, executor)
         jobs += [refresh, snapshot]
         if sensors:
-            sensor_defs += [source_sensor(dataset, home, refresh), snapshot_sensor(dataset, home, snapshot)]
+            sensor_defs += [
+                source_sensor(dataset, resources["index_store"], refresh),
+                snapshot_sensor(dataset, resources["index_store"], snapshot),
+            ]
         if schedules and (schedule := refresh_schedule(dataset, refresh)):
             schedule_defs.append(schedule)
     return dg.Definitions(
@@ -66,17 +74,19 @@ def build_definitions(
         jobs=jobs,
         schedules=schedule_defs,
         sensors=sensor_defs,
-        resources=build_resources(spec, home),
+        resources=resources,
     )
 
 
-def build_resources(spec: QuiverSpec, home: Path) -> dict:
+def build_resources(spec: QuiverSpec, home: Path, index_root: str | None = None) -> dict:
+    index_root = index_root if index_root is not None else default_index_root()
     return {
         "duckdb": DuckDBResource(database=str(Path(home) / DUCKDB_FILE)),
         "embedder": EmbedderResource(),
-        "index_store": IndexResource(home=str(home)),
+        "index_store": IndexResource(home=str(home), index_root=index_root),
         "search": SearchResource(
             home=str(home),
+            index_root=index_root,
             datasets=list(spec.names),
             embedded_columns={d.name: list(d.embeddings.columns) for d in spec.datasets},
             separators={d.name: d.embeddings.separator for d in spec.datasets},
@@ -113,6 +123,11 @@ class QuiverComponent(dg.Component, dg.Resolvable, dg.Model):
         "(quiver[k8s]); default: $QUIVER_EXECUTOR, else in_process.",
         examples=["in_process", "celery"],
     )] = None
+    index_root: Annotated[str | None, dg.Resolver.default(
+        description="Where the index directories live: a directory (relative to this defs.yaml's folder) or an "
+        "s3://bucket/prefix URL (the quiver[s3] extra); default: $QUIVER_INDEX_ROOT, else home.",
+        examples=["s3://my-bucket/quiver"],
+    )] = None
 
     @classmethod
     def get_spec(cls) -> dg.ComponentTypeSpec:
@@ -128,7 +143,13 @@ class QuiverComponent(dg.Component, dg.Resolvable, dg.Model):
             schedules=self.schedules, sensors=self.sensors,
             executor=choose_executor(self.executor, f"QuiverComponent attribute `executor` in {context.path}")
             if self.executor is not None else None,
+            index_root=self.index_root_at(context.path),
         )
+
+    def index_root_at(self, folder: Path) -> str | None:
+        if self.index_root is None or is_object_store_url(self.index_root):
+            return self.index_root
+        return str((Path(folder) / Path(self.index_root).expanduser()).resolve())
 
     def home_path(self, folder: Path) -> Path:
         return (Path(folder) / Path(self.home).expanduser()).resolve()

@@ -24,9 +24,11 @@ from quiver.pipelines.definitions import build_definitions
 from quiver.resources.dagster_resources import key, reap_dead_runs
 from quiver.resources.index import read_stats
 from quiver.resources.index.manifest import manifest_path
+from quiver.resources.index.remote import index_dir_for
 from quiver.resources.index.snapshot_policy import Decision, SnapshotPolicy, decide
 from quiver.resources.preflight import preflight
 from quiver.resources.spec import DatasetSpec, QuiverSpec, default_home
+from quiver.resources.spec_file import default_index_root
 
 
 class RefreshFailed(RuntimeError):
@@ -107,7 +109,7 @@ class _FirstLine(logging.Formatter):
 def _one_line_console(_init_context) -> logging.Logger:
     # Its own object, outside logging's registry: never shared with another run, never configured by
     # a library that configures the root logger.
-    logger = logging.Logger("quiver.refresh", logging.INFO)  # noqa: LOG001
+    logger = logging.Logger("quiver.refresh", logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_FirstLine("%(asctime)s - %(levelname)s - %(message)s"))
     logger.addHandler(handler)
@@ -139,7 +141,7 @@ def _metadata(instance: dg.DagsterInstance, asset: dg.AssetKey) -> dict:
 
 
 def _snapshot_decision(dataset: DatasetSpec, home: Path) -> Decision:
-    root = home / dataset.name
+    root = index_dir_for(home, default_index_root(), dataset.name)
     if not manifest_path(root).exists():
         return Decision(False, "no index yet")
     return decide(read_stats(root), SnapshotPolicy.from_spec(dataset.snapshots))

@@ -27,8 +27,11 @@ from pydantic import PrivateAttr
 
 from quiver.resources import warehouse
 from quiver.resources.embedding import Embedder, ModelNotFoundError, get_embedder
-from quiver.resources.index import HnswParams, IdentityMismatchError, IndexIdentity, IndexStore
+from quiver.resources.index import HnswParams, IdentityMismatchError, IndexIdentity, IndexStore, read_stats, remote
+from quiver.resources.index.manifest import manifest_path
+from quiver.resources.index.store import LogStats
 from quiver.resources.index.text_index import TextConfig
+from quiver.resources.object_store import is_object_store_url
 from quiver.resources.preflight import preflight
 from quiver.resources.search import EmbeddedText, Searcher
 from quiver.resources.spec import DatasetSpec, SpecError
@@ -83,11 +86,14 @@ def open_connection(resource: DuckDBResource, holder: str = "a quiver connection
 
 
 @contextmanager
-def writer_step(context: dg.AssetExecutionContext, resource: DuckDBResource) -> Iterator[None]:
+def writer_step(context: dg.OpExecutionContext, resource: DuckDBResource, step: str | None = None) -> Iterator[None]:
     """Hold the DuckDB file's writer lock for a whole writer step (``warehouse.writer_lock``):
-    another writer, of any instance or none, waits for the step, never between its connections."""
+    another writer, of any instance or none, waits for the step, never between its connections.
+    ``step`` names it for the others' messages (default: the asset's key; an op of a graph-backed
+    asset, such as the fan-out's plan and commit, names itself)."""
     Path(resource.database).parent.mkdir(parents=True, exist_ok=True)
-    with writer_lock(Path(resource.database), f"run {context.run.run_id} step {context.asset_key.to_user_string()}"):
+    name = step or context.asset_key.to_user_string()
+    with writer_lock(Path(resource.database), f"run {context.run.run_id} step {name}"):
         yield
 
 
@@ -108,24 +114,54 @@ class EmbedderResource(ConfigurableResource):
 
 
 class IndexResource(ConfigurableResource):
-    """The index directories under ``home`` (one per dataset)."""
+    """The index directories under ``index_root`` (default ``home``), one per dataset.
+
+    ``index_root`` may be an ``s3://bucket/prefix`` URL: each index is then published to the bucket
+    (``remote.RemoteIndexStore``) from a local working copy under ``<home>/remote/``, which is what
+    ``root`` names (the checks and the sensors read it: the state this writer last published)."""
 
     home: str
+    index_root: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        return self.index_root is not None and is_object_store_url(self.index_root)
 
     def root(self, dataset: str) -> Path:
-        return Path(self.home) / dataset
+        return remote.index_dir_for(Path(self.home), self.index_root, dataset)
+
+    def where(self, dataset: str) -> str:
+        """The published index: its bucket URL, or its directory."""
+        return remote.dataset_url(self.index_root, dataset) if self.remote else str(self.root(dataset))
+
+    def log_stats(self, dataset: str) -> LogStats | None:
+        """The published log's statistics (``read_stats``; on a bucket, from its manifest alone, so
+        a sensor reads them on any machine); None while there is no index."""
+        if self.remote:
+            return remote.published_stats(self.where(dataset))
+        root = self.root(dataset)
+        return read_stats(root) if manifest_path(root).exists() else None
+
+    def built(self, dataset: str) -> bool:
+        if self.remote:
+            return remote.read_published(remote.store_for(self.where(dataset))) is not None
+        return manifest_path(self.root(dataset)).exists()
 
     def store(self, spec: DatasetSpec, dim: int) -> IndexStore:
         vectors = spec.vectors
-        return IndexStore(
-            self.root(spec.name),
-            dataset=spec.name,
-            identity=IndexIdentity(dim=dim, metric=vectors.metric, dtype=vectors.dtype, model=spec.embeddings.identity),
-            params=HnswParams(m=vectors.m, ef_construction=vectors.ef_construction, ef_search=vectors.ef_search),
-            primary_key=spec.primary_key,
-            keep_previous=spec.snapshots.keep_previous,
-            text=text_config(spec),
-        )
+        settings = {
+            "dataset": spec.name,
+            "identity": IndexIdentity(
+                dim=dim, metric=vectors.metric, dtype=vectors.dtype, model=spec.embeddings.identity
+            ),
+            "params": HnswParams(m=vectors.m, ef_construction=vectors.ef_construction, ef_search=vectors.ef_search),
+            "primary_key": spec.primary_key,
+            "keep_previous": spec.snapshots.keep_previous,
+            "text": text_config(spec),
+        }
+        if self.remote:
+            return remote.RemoteIndexStore(remote.dataset_url(self.index_root, spec.name), self.root(spec.name), **settings)
+        return IndexStore(self.root(spec.name), **settings)
 
 
 def text_config(spec: DatasetSpec) -> TextConfig | None:
@@ -139,6 +175,7 @@ class SearchResource(ConfigurableResource):
     """Answers queries from the freshest index; never opens the DuckDB file."""
 
     home: str
+    index_root: str | None = None  # a directory or an s3:// URL; None: $QUIVER_INDEX_ROOT, else home
     datasets: list[str] | None = None
     device: str | None = None
     # dataset -> its embedded columns and their separator, for the ``chunk`` result column
@@ -152,7 +189,7 @@ class SearchResource(ConfigurableResource):
                 name: EmbeddedText(tuple(columns), self.separators.get(name, "\n"))
                 for name, columns in self.embedded_columns.items()
             }
-            self._searcher = Searcher(Path(self.home), self.datasets, self.device, texts)
+            self._searcher = Searcher(Path(self.home), self.datasets, self.device, texts, index_root=self.index_root)
         return self._searcher
 
     def search(
@@ -224,9 +261,13 @@ HOST_TAG, PID_TAG = "quiver/host", "quiver/pid"
 UNFINISHED = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.CANCELING]
 
 
-def mark_run(context: dg.AssetExecutionContext) -> None:
-    """Tag the run with the host and pid that run it (the in-process executor: the run's own)."""
-    tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+def mark_run(context: dg.OpExecutionContext) -> None:
+    """Tag the run with the host and pid that run it: the in-process executor's own process; with
+    the multiprocess executor, each step's process ends with its step, so the run's process is its
+    parent (else the run would look dead between two writer steps, e.g. while the fan-out's
+    workers embed)."""
+    multiprocess = context.job_def.executor_def.name == dg.multiprocess_executor.name
+    tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getppid() if multiprocess else os.getpid())}
     if any(context.run.tags.get(k) != v for k, v in tags.items()):
         context.instance.add_run_tags(context.run.run_id, tags)
 

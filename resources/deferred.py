@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from quiver.resources.spec import load_spec
 
         return load_spec
+    if name == "remote":  # an index root on a bucket: object storage's client, only where one is used
+        from quiver.resources.index import remote
+
+        return remote
     raise AttributeError(f"module 'quiver.resources.deferred' has no attribute {name!r}")

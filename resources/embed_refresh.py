@@ -84,10 +84,7 @@ def refresh_embeddings(
     model = load_model() if total else None
     if model is not None:
         warehouse.require_dimension(layout, plan, model.dim, fix=rebuild_fix)  # before hours of work
-    try:
-        chunker = model.chunker(chunking) if model is not None else None
-    except ChunkingError as error:  # a local model's window, known only now
-        raise ChunkingError(f"dataset {layout.dataset!r}: embeddings.chunking: {error}") from None
+    chunker = chunker_for(layout, model, chunking)
     size = max(1, total) if plan.rebuild else max(1, batch_rows)
     starts = range(0, max(total, plan.served_only.num_rows, plan.deleted.num_rows, 1), size)
     base_seq, done = plan.base_seq, 0
@@ -123,15 +120,27 @@ def refresh_embeddings(
         if start is None:
             break
         clock = time.perf_counter()
-        vectors, chunks = _embed(layout, rows, model, chunker, plan.vector_dim, result)
+        vectors, chunks = embed_rows(layout, rows, model, chunker, plan.vector_dim, result)
         result.seconds["embed"] += time.perf_counter() - clock
         pending = (batch, rows, vectors, chunks)
     result.memory_limit = memory.limit
     return result
 
 
-def _embed(layout, rows, model, chunker, vector_dim, result: RefreshResult):
-    """The batch's rows split into chunks and embedded: (vectors, chunk table or None)."""
+def chunker_for(layout: warehouse.TableLayout, model, chunking: ChunkSettings):
+    """The model's chunker for the spec's settings (None without a model); a window the settings do
+    not fit, known only once a local model is loaded, is an error naming the dataset."""
+    try:
+        return model.chunker(chunking) if model is not None else None
+    except ChunkingError as error:  # a local model's window, known only now
+        raise ChunkingError(f"dataset {layout.dataset!r}: embeddings.chunking: {error}") from None
+
+
+def embed_rows(layout, rows, model, chunker, vector_dim, result: RefreshResult):
+    """Rows (``read_rows``' output) split into chunks and embedded: (vectors, chunk table or None).
+
+    ``result`` counts the chunks, the rows split and the rows cut. The single-step refresh calls it
+    per batch, the fan-out's workers (``embed_fanout.embed_part``) per part."""
     if not rows.num_rows:  # a batch without text: deletes and served columns only
         return np.empty((0, vector_dim or (model.dim if model is not None else 0)), dtype=np.float32), None
     texts = rows.column(warehouse.TEXT).to_pylist()

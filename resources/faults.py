@@ -20,6 +20,20 @@ costs one dictionary lookup. The points, in write order:
     manifest.before_dir_fsync   the new manifest is renamed into place, the directory not fsynced
     snapshot.before_cleanup     the manifest names the new snapshot; covered files not yet removed
     snapshot.mid_cleanup        the first covered file is removed, the rest not
+
+The fan-out's points (``embed_fanout``; tests/crash/test_fanout_crash.py):
+
+    fanout.plan_written         the plan's input parts are written, its plan.json not yet
+    fanout.part_written         a worker's vectors file is published, the step not yet ended
+    fanout.in_transaction       a part's changes and its ledger row are written, before COMMIT
+    fanout.mid_commit           a part is committed (ledger row included), the next not yet
+    fanout.before_cleanup       every part is committed, the staging directory not yet removed
+
+An index on a bucket's (``index/remote.py``; tests/crash/test_remote_crash.py):
+
+    remote.mid_upload           the first new file of a publish is uploaded, the rest not
+    remote.before_publish       every new file is uploaded, the bucket's manifest not yet replaced
+    remote.before_cleanup       the bucket's manifest is replaced, what it no longer names not yet deleted
 """
 
 from __future__ import annotations
@@ -47,7 +61,15 @@ SNAPSHOT_POINTS = (
     "snapshot.before_cleanup",
     "snapshot.mid_cleanup",
 )
-POINTS = REFRESH_POINTS + SNAPSHOT_POINTS
+POINTS = REFRESH_POINTS + SNAPSHOT_POINTS  # the crash matrix's (single-step refresh and snapshot)
+FANOUT_POINTS = (
+    "fanout.plan_written",
+    "fanout.part_written",
+    "fanout.in_transaction",
+    "fanout.mid_commit",
+    "fanout.before_cleanup",
+)
+REMOTE_POINTS = ("remote.mid_upload", "remote.before_publish", "remote.before_cleanup")
 _hits: dict[str, int] = {}
 
 

@@ -239,8 +239,10 @@ class ObjectStore:
             raise FileNotFoundError(f"{data}: no such local file to upload to {self.where(path)}")
         return self._call("PUT", path, self._ob.put, self._store, path, data)["e_tag"]
 
-    def put_if_absent(self, path: str, data: bytes) -> str | None:
+    def put_if_absent(self, path: str, data: bytes | Path) -> str | None:
         """Create ``path`` unless it exists: its ETag, or None when another writer created it first."""
+        if isinstance(data, Path) and not data.is_file():
+            raise FileNotFoundError(f"{data}: no such local file to upload to {self.where(path)}")
         self.check_conditional_writes()
         try:
             return self._call("PUT", path, self._ob.put, self._store, path, data, mode="create")["e_tag"]

@@ -23,7 +23,8 @@ from quiver.resources.index.manifest import manifest_path
 from quiver.resources.index.reader import PASSES, TextSearchUnavailable
 from quiver.resources.index.row_filter import FilterError
 from quiver.resources.index.text_index import is_blank
-from quiver.resources.spec_file import UnknownDatasetError, dataset_names
+from quiver.resources.object_store import is_object_store_url
+from quiver.resources.spec_file import UnknownDatasetError, dataset_names, default_index_cache, default_index_root
 
 if TYPE_CHECKING:
     from quiver.resources.spec import QuiverSpec
@@ -68,11 +69,16 @@ class Searcher:
         device: str | None = None,
         texts: dict[str, EmbeddedText] | None = None,
         embed: Callable[[str, list[str]], np.ndarray] | None = None,
+        index_root: str | None = None,
     ):
         """``texts``: how each dataset's embedded text is made, for the ``chunk`` result column.
         ``embed(model, texts)``: how query texts become vectors (default: the process-wide model,
-        one call per query or batch); a server may gather concurrent queries into one batch."""
+        one call per query or batch); a server may gather concurrent queries into one batch.
+        ``index_root``: where the index directories are (default ``$QUIVER_INDEX_ROOT``, else
+        ``home``); an ``s3://`` URL is served from a local cache (``remote.RemoteMirror``)."""
         self.home = Path(home)
+        self.index_root = index_root if index_root is not None else default_index_root()
+        self._mirrors: dict[str, object] = {}
         self.datasets = tuple(datasets) if datasets is not None else None
         self.device = device
         self._texts = dict(texts or {})
@@ -111,8 +117,10 @@ class Searcher:
             known = ", ".join(self.datasets) or "(none)"
             raise UnknownDatasetError(f"unknown dataset {dataset!r}; known datasets: {known}")
         with self._lock:
+            if self.index_root is not None and is_object_store_url(self.index_root):
+                return self._remote_reader(dataset)
             if dataset not in self._readers:
-                root = self.home / dataset
+                root = Path(self.index_root or self.home) / dataset
                 if not manifest_path(root).exists():
                     raise IndexNotBuiltError(
                         f"dataset {dataset!r} has no index at {root} yet: materialize its assets first "
@@ -122,6 +130,23 @@ class Searcher:
             reader = self._readers[dataset]
             reader.refresh()
             return reader
+
+    def _remote_reader(self, dataset: str) -> IndexReader:
+        """The reader of the dataset's cached copy, the copy pulled first (at most once a poll)."""
+        mirror = self._mirrors.get(dataset)
+        if mirror is None:
+            remote = deferred.remote
+            url = remote.dataset_url(self.index_root, dataset)
+            mirror = remote.RemoteMirror(url, remote.local_dir_for(default_index_cache(), url))
+            mirror.pull(force=True)  # kept only once it has a copy: a failed first pull is tried again next query
+            self._mirrors[dataset] = mirror
+        else:
+            mirror.pull()
+        if dataset not in self._readers:
+            self._readers[dataset] = IndexReader(mirror.local)
+        reader = self._readers[dataset]
+        reader.refresh()
+        return reader
 
     def _embed_now(self, model: str, texts: list[str]) -> np.ndarray:
         return deferred.get_embedder(model, self.device).embed(texts)

@@ -36,8 +36,10 @@ Optional keys besides those above: ``time_column`` (only with ``refresh_mode: ap
 newline), ``snapshots.rebuild_tombstone_percent`` (deleted/present above it makes the next
 snapshot a full rebuild; default 20), ``embeddings.quantize`` (``int8``: embed with a dynamically
 quantized ONNX model that must pass a fidelity gate; a different model identity, so switching it
-needs a full rebuild; default off). ``from`` may carry Spice's ``file:`` / ``file://`` prefix;
-a relative path is resolved against the directory of the spec file. ``checks`` sets the bounds of
+needs a full rebuild; default off), ``embeddings.fan_out`` (1..256, default 1: how many parts an
+incremental refresh's rows are embedded in, each part a step of its own that any executor runs in
+parallel, committed by one writer; see ``resources/embed_fanout.py``). ``from`` may carry Spice's
+``file:`` / ``file://`` prefix; a relative path is resolved against the directory of the spec file. ``checks`` sets the bounds of
 the index's asset checks: ``recall_at_10_min`` (below it the check fails and blocks the snapshot;
 default 0.95), ``recall_at_10_warn`` (below it a warning; default 0.98) and ``sample`` (rows used
 as queries; default 300).
@@ -84,6 +86,7 @@ QUANTIZATIONS = ("int8",)  # embeddings.quantize; off when unset
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 MODEL_WINDOWS = {DEFAULT_MODEL: 256}  # tokens the packaged model reads; others are checked when loaded
 MIN_CHUNK_TOKENS = 8
+MAX_FAN_OUT = 256  # embeddings.fan_out: parts (and parallel steps) of one refresh
 # The Snowball languages tantivy's stemmer filter knows (full_text.stemmer)
 STEMMERS = (
     "arabic", "danish", "dutch", "english", "finnish", "french", "german", "greek", "hungarian", "italian",
@@ -243,6 +246,9 @@ class EmbeddingsSpec(_Model):
     separator: Annotated[str, Field(strict=True)] = "\n"
     quantize: str | None = None  # int8: dynamically quantized ONNX model, a different model identity
     chunking: ChunkingSpec = ChunkingSpec()
+    # 1: one step embeds and commits (resources/embed_refresh.py); N > 1: the rows to embed are
+    # staged in N parts that N workers embed in parallel, one writer commits (resources/embed_fanout.py)
+    fan_out: Annotated[int, Field(strict=True, ge=1, le=MAX_FAN_OUT)] = 1
 
     @model_validator(mode="after")
     def _chunks_fit_the_model(self) -> EmbeddingsSpec:

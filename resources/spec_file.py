@@ -15,6 +15,8 @@ from typing import Any
 import yaml
 
 ENV_DATASETS, ENV_HOME = "QUIVER_DATASETS", "QUIVER_HOME"
+# Where the index directories live (default: QUIVER_HOME), and where readers cache one on a bucket.
+ENV_INDEX_ROOT, ENV_INDEX_CACHE = "QUIVER_INDEX_ROOT", "QUIVER_INDEX_CACHE"
 # libyaml's loader where installed (PyYAML wheels ship it): 10x the pure-Python one.
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -44,7 +46,23 @@ def default_spec_path() -> Path:
 
 def default_home() -> Path:
     """``$QUIVER_HOME``, else ``.quiver/`` at the project root."""
-    return Path(os.environ.get(ENV_HOME) or _project_root() / ".quiver").expanduser()
+    home = os.environ.get(ENV_HOME)
+    if home and home.startswith("s3://"):
+        raise SpecError(
+            f"{ENV_HOME}={home}: the home holds the DuckDB file, which must be on a local disk; keep {ENV_HOME} local "
+            f"and put the index on the bucket with {ENV_INDEX_ROOT}={home}"
+        )
+    return Path(home or _project_root() / ".quiver").expanduser()
+
+
+def default_index_root() -> str | None:
+    """``$QUIVER_INDEX_ROOT`` (a directory or an ``s3://bucket/prefix`` URL), else None: the home."""
+    return os.environ.get(ENV_INDEX_ROOT) or None
+
+
+def default_index_cache() -> Path:
+    """``$QUIVER_INDEX_CACHE``, else ``~/.cache/quiver/index``: readers' copies of indexes on a bucket."""
+    return Path(os.environ.get(ENV_INDEX_CACHE) or Path.home() / ".cache" / "quiver" / "index").expanduser()
 
 
 def read_spec_yaml(path: str | Path | None = None) -> tuple[Any, Path]:

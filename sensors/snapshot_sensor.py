@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from pathlib import Path
 
 import dagster as dg
 
-from quiver.resources.dagster_resources import key
-from quiver.resources.index import read_stats
-from quiver.resources.index.manifest import manifest_path
+from quiver.resources.dagster_resources import IndexResource, key
 from quiver.resources.index.snapshot_policy import SnapshotPolicy, decide
 from quiver.resources.spec import DatasetSpec
 from quiver.sensors.settings import sensor_interval_seconds
@@ -66,8 +63,9 @@ def failed_recall(instance: dg.DagsterInstance, spec: DatasetSpec) -> str | None
     )
 
 
-def snapshot_sensor(spec: DatasetSpec, home: Path, job) -> dg.SensorDefinition:
-    root = Path(home) / spec.name
+def snapshot_sensor(spec: DatasetSpec, index: IndexResource, job) -> dg.SensorDefinition:
+    """``index``: where the dataset's index is published (a directory, or a bucket whose manifest
+    alone gives the statistics)."""
     policy = SnapshotPolicy.from_spec(spec.snapshots)
 
     @dg.sensor(
@@ -79,11 +77,11 @@ def snapshot_sensor(spec: DatasetSpec, home: Path, job) -> dg.SensorDefinition:
         "(snapshots block). Reads only the manifest, the log listing and segment footers; never DuckDB.",
     )
     def _sensor(context: dg.SensorEvaluationContext):
-        if not manifest_path(root).exists():
-            return dg.SkipReason(f"{spec.name}: no index at {root} yet; the refresh job builds it")
+        stats = index.log_stats(spec.name)  # damage or I/O errors fail the tick: they are real errors
+        if stats is None:
+            return dg.SkipReason(f"{spec.name}: no index at {index.where(spec.name)} yet; the refresh job builds it")
         if blocked := failed_recall(context.instance, spec):
             return dg.SkipReason(blocked)
-        stats = read_stats(root)  # damage or I/O errors fail the tick: they are real errors
         decision = decide(stats, policy, first_evaluation=first_since_start(context.cursor))
         cursor = json.dumps(
             {

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from quiver.resources.dagster_resources import reap_dead_runs
-from quiver.resources.index.manifest import manifest_path
+from quiver.resources.dagster_resources import IndexResource, reap_dead_runs
 from quiver.resources.spec import DatasetSpec
 from quiver.resources.warehouse import SourceNotFoundError
 from quiver.resources.warehouse.source_listing import FileState, compare, content_digest, scan
@@ -44,8 +43,8 @@ def _cursor(generation: int, files: dict[str, FileState]) -> str:
     )
 
 
-def source_sensor(spec: DatasetSpec, home: Path, job) -> dg.SensorDefinition:
-    root = Path(home) / spec.name
+def source_sensor(spec: DatasetSpec, index: IndexResource, job) -> dg.SensorDefinition:
+    """``index``: where the dataset's index is published (whether one exists decides the first tick)."""
 
     @dg.sensor(
         name=f"{spec.name}_source_sensor",
@@ -69,7 +68,7 @@ def source_sensor(spec: DatasetSpec, home: Path, job) -> dg.SensorDefinition:
             return dg.SkipReason(f"{spec.name}: waiting for {names}: not a complete Parquet file yet (no footer)")
         if generation is None:
             generation = time.time_ns() // 1_000_000
-            if manifest_path(root).exists():
+            if index.built(spec.name):
                 return dg.SensorResult(
                     skip_reason=f"{spec.name}: recorded {len(now.files)} source files as the baseline; "
                     "changes from now on request a refresh",

@@ -14,6 +14,9 @@ files are read with usearch and pyarrow, the segments are folded, DuckDB is read
     I6 declared identity    check_identity(root, identity)
     I7 bounded files        check_bounded_files(root)
     all that a directory (and its DuckDB file) can show at rest: check_at_rest(root, database, dataset)
+    the same for an index on a bucket: check_bucket_at_rest(url, scratch, database, dataset): every
+                            object copied to ``scratch``, which must then pass check_at_rest, and
+                            the bucket must hold no object its manifest does not name (I7)
 """
 
 from __future__ import annotations
@@ -333,3 +336,30 @@ def check_at_rest(root: Path, database: Path | None = None, dataset: str | None 
     if database is not None:
         return check_derived_and_exact(root, database, dataset or read_manifest(root).dataset)
     return index_state(root)
+
+
+def check_bucket_at_rest(url: str, scratch: Path, database: Path | None = None, dataset: str | None = None) -> State:
+    """``check_at_rest`` on a copy of every object under ``url`` (an ``s3://`` index root of one
+    dataset), after checking that the bucket holds exactly what its manifest names: the manifest,
+    the snapshot files (with tantivy's lock files) and the segments it lists (I3, I7 on the bucket).
+    Returns what the index serves."""
+    import json
+
+    from quiver.resources.index.remote import REMOTE_KEY, snapshot_files
+    from quiver.resources.object_store import ObjectStore
+
+    store = ObjectStore(url)
+    scratch = Path(scratch)
+    objects = {info.path for info in store.list()}
+    for path in objects:
+        store.download(path, scratch / path)
+    if MANIFEST_NAME not in objects:
+        _fail("I3", f"{url}: no {MANIFEST_NAME}")
+    manifest = read_manifest(scratch)
+    named = {MANIFEST_NAME}
+    named |= {path for entry in (manifest.snapshot, manifest.previous_snapshot) if entry for path in snapshot_files(entry)}
+    listed = json.loads((scratch / MANIFEST_NAME).read_bytes()).get(REMOTE_KEY, {}).get("segments", [])
+    named |= {f"{commitlog.LOG_DIR}/{entry['name']}" for entry in listed}
+    if objects != named:
+        _fail("I7", f"{url}: objects no manifest names {sorted(objects - named)}, named but missing {sorted(named - objects)}")
+    return check_at_rest(scratch, database, dataset)

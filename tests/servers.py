@@ -12,6 +12,8 @@ client, not moto.
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import importlib.util
 import os
 import shutil
@@ -20,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -208,7 +211,64 @@ def moto_server(timeout: float = START_SECONDS, check_credentials: bool = False)
         yield server
 
 
+def aws_env(endpoint: str, **overrides) -> dict[str, str]:
+    """The ``AWS_*`` variables that point obstore at a local S3 server (None in ``overrides``: unset)."""
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ALLOW_HTTP": "true",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }
+    env.update(overrides)
+    return {k: v for k, v in env.items() if v is not None}
+
+
 def create_bucket(endpoint: str, bucket: str) -> None:
     """Create ``bucket`` on a moto server (it takes an unsigned PUT)."""
     with urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{bucket}", method="PUT"), timeout=10) as answer:
         assert answer.status == 200, answer.status
+
+
+@contextmanager
+def header_stripping_proxy(upstream: str) -> Iterator[str]:
+    """An S3 endpoint that ignores conditional writes: forwards everything to ``upstream`` but drops
+    If-None-Match and If-Match, as stores without conditional-write support behave."""
+    host, port = upstream.removeprefix("http://").split(":")
+
+    class Forward(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("if-none-match", "if-match")}
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            try:
+                conn.request(self.command, self.path, body=body, headers=headers)
+                answer = conn.getresponse()
+                payload = answer.read()
+                self.send_response(answer.status)
+                for key, value in answer.getheaders():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+            finally:
+                conn.close()
+
+        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
+
+        def log_message(self, *args) -> None:
+            pass
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{proxy.server_address[1]}"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+        thread.join(10)

@@ -74,6 +74,12 @@ def segment_name(first: int, last: int) -> str:
     return f"{first:020d}-{last:020d}.parquet"
 
 
+def segment_range(name: str) -> tuple[int, int] | None:
+    """(first, last) of a segment's file name; None for a name that is not a segment's."""
+    match = _NAME.match(name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 def list_segments(root: Path) -> list[SegmentRef]:
     """Published segments in seq order (temp files are ignored)."""
     refs = []
@@ -330,8 +336,11 @@ def read_segments(refs: list[SegmentRef], identity: IndexIdentity) -> pa.Table |
     return pa.concat_tables(tables, promote_options="default")
 
 
-def fold(changes: pa.Table | None) -> pa.Table | None:
-    """The net change per key: the record with the highest ``_seq`` for each ``_key``."""
+def fold(changes: pa.Table | None, ordered: bool = True) -> pa.Table | None:
+    """The net change per key: the record with the highest ``_seq`` for each ``_key``, by key.
+
+    ``ordered=False``: in any order, and the records themselves when no key repeats (a first
+    build's log: no copy of its vectors, which are most of a snapshot build's memory)."""
     if changes is None or changes.num_rows == 0:
         return None
     keys = changes.column(KEY).to_numpy()
@@ -340,16 +349,25 @@ def fold(changes: pa.Table | None) -> pa.Table | None:
     sorted_keys = keys[order]
     last_of_key = np.ones(len(order), dtype=bool)
     last_of_key[:-1] = sorted_keys[1:] != sorted_keys[:-1]
+    if not ordered and last_of_key.all():
+        return changes
     return changes.take(pa.array(order[last_of_key]))
 
 
 def upserts(changes: pa.Table) -> pa.Table:
-    return changes.filter(pc.equal(changes.column(OP), OP_UPSERT))
+    """The upsert records; the table itself when it holds no delete (a first build's log: no copy
+    of its vectors, which are most of a snapshot build's memory)."""
+    is_upsert = pc.equal(changes.column(OP), OP_UPSERT)
+    if pc.all(is_upsert).as_py() is not False:
+        return changes
+    return changes.filter(is_upsert)
 
 
-def vectors_of(table: pa.Table, dim: int) -> np.ndarray:
+def vectors_of(table: pa.Table | pa.RecordBatch, dim: int) -> np.ndarray:
     """The ``_vector`` column as a contiguous float32 matrix (rows x dim)."""
-    column = table.column(VECTOR).combine_chunks()
+    column = table.column(VECTOR)
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
     if column.null_count:
         raise CorruptFileError(f"{column.null_count} upsert records have no vector")
     return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)

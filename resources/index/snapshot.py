@@ -46,8 +46,16 @@ TEXT_DIR = "text"
 TANTIVY_LOCKS = (".tantivy-meta.lock", ".tantivy-writer.lock")  # empty, tantivy's own; never checksummed
 
 
-def snapshot_dirname(seq: int) -> str:
-    return f"{SNAPSHOTS_DIR}/{seq:020d}"
+def snapshot_dirname(seq: int, unique: str | None = None) -> str:
+    """``snapshots/<seq:020d>``, or ``snapshots/<seq:020d>-<unique>`` where several writers may
+    build the same seq (an index root on object storage: ``remote.py``)."""
+    return f"{SNAPSHOTS_DIR}/{seq:020d}" + (f"-{unique}" if unique else "")
+
+
+def snapshot_seq_of(dirname: str) -> int | None:
+    """The seq a snapshot directory's name starts with; None for a name that is not one."""
+    head = dirname.rsplit("/", 1)[-1].split("-", 1)[0]
+    return int(head) if head.isdigit() else None
 
 
 @dataclass
@@ -172,8 +180,9 @@ def apply_changes(base: SnapshotData, folded: pa.Table, identity: IndexIdentity)
     if present.any():
         base.index.remove(changed_keys[present])
     added = upserts(folded)
-    if added.num_rows:
-        add_to_graph(base.index, added.column(KEY).to_numpy(), vectors_of(added, identity.dim))
+    for batch in added.to_batches():  # chunk by chunk: no second copy of every vector at once
+        if batch.num_rows:
+            add_to_graph(base.index, batch.column(KEY).to_numpy(), vectors_of(batch, identity.dim))
     new_rows = added.drop_columns([SEQ, OP, VECTOR])
     if base.rows is not None:
         kept = base.rows.filter(pc.invert(pc.is_in(base.rows.column(KEY), value_set=folded.column(KEY))))
@@ -200,7 +209,12 @@ class TextBase:
 
 
 def write_snapshot(
-    root: Path, seq: int, data: SnapshotData, text: TextConfig | None = None, text_base: TextBase | None = None
+    root: Path,
+    seq: int,
+    data: SnapshotData,
+    text: TextConfig | None = None,
+    text_base: TextBase | None = None,
+    dirname: str | None = None,
 ) -> SnapshotEntry:
     """Publish the snapshot directory for ``seq`` (not yet the manifest), with a text index of its
     units written with ``text`` when given: from ``text_base`` at the cost of the change, else
@@ -227,7 +241,8 @@ def write_snapshot(
             unit_texts(added, text), text.analyzer,
         )
 
-    directory = atomic_write(root / snapshot_dirname(seq), write, label="snapshot")
+    dirname = dirname or snapshot_dirname(seq)
+    directory = atomic_write(root / dirname, write, label="snapshot")
     names = [INDEX_FILE, ROWS_FILE]
     if text is not None:
         names += sorted(
@@ -239,7 +254,7 @@ def write_snapshot(
     }
     return SnapshotEntry(
         seq=seq,
-        dir=snapshot_dirname(seq),
+        dir=dirname,
         files=files,
         vectors=data.vectors,
         tombstones=data.tombstones,

@@ -26,6 +26,7 @@ import fcntl
 import logging
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -106,12 +107,18 @@ def read_stats(root: Path, now: float | None = None) -> LogStats:
         break
     else:
         raise CorruptFileError(f"the log at {root} kept changing under read_stats; try again")
+    return stats_of(manifest, after, records, sum(len(names) for _, _, names in os.walk(root)), now)
+
+
+def stats_of(
+    manifest: Manifest, after: list[commitlog.SegmentRef], records: int | None, files: int, now: float | None = None
+) -> LogStats:
+    """``LogStats`` of a manifest and the segments after its snapshot (on a disk or on a bucket)."""
     entry = manifest.snapshot
     age = None
     if entry is not None:
         created = datetime.fromisoformat(entry.created_at).timestamp()
         age = max(0.0, (now if now is not None else time.time()) - created)
-    files = sum(len(names) for _, _, names in os.walk(root))
     return LogStats(
         snapshot_seq=manifest.snapshot_seq,
         snapshot_bytes=entry.total_bytes if entry else 0,
@@ -138,6 +145,7 @@ class IndexStore:
         primary_key: str,
         keep_previous: bool = True,
         text: TextConfig | None = None,
+        unique_snapshot_dirs: bool = False,
     ):
         self.root = Path(root)
         self.dataset = dataset
@@ -151,6 +159,9 @@ class IndexStore:
         # The full-text index each snapshot writes (None: no text search). A change takes effect
         # with the next snapshot; until then readers keep the manifest's.
         self.text = text
+        # Name each snapshot directory ``<seq>-<uuid>``: on object storage two writers may build the
+        # same seq, and an upload never lands on a name another writer (or a killed one) used.
+        self.unique_snapshot_dirs = unique_snapshot_dirs
 
     # -- opening -----------------------------------------------------------------------------
     def open(self) -> Manifest:
@@ -336,10 +347,12 @@ class IndexStore:
             refs = chain.refs
             if not refs:
                 return None
-            folded = commitlog.fold(records)
+            folded = commitlog.fold(records, ordered=False)  # apply_changes orders the rows itself
+            del records  # the log as read: as large as the vectors it holds, and folded now
             if data is None:
                 data = snapshot.empty_snapshot(self.identity, self.params)
             data = snapshot.apply_changes(data, folded, self.identity)
+            folded = folded.select([commitlog.KEY])  # its keys are all that is used from here on
             tombstone_percent = 100.0 * data.tombstones / max(1, data.vectors)
             rebuilt = tombstone_percent > rebuild_tombstone_percent or manifest.hnsw != self.params
             if rebuilt:
@@ -348,8 +361,11 @@ class IndexStore:
             seq = refs[-1].last
             # A directory for ``seq`` that the manifest does not name (its seq is above the
             # manifest's) is left by a crash before the manifest's publish: never served, replace it.
-            remove_path(self.root / snapshot.snapshot_dirname(seq))
-            entry = snapshot.write_snapshot(self.root, seq, data, self.text, self._text_base(manifest, folded, rebuilt, data))
+            dirname = snapshot.snapshot_dirname(seq, uuid.uuid4().hex[:12] if self.unique_snapshot_dirs else None)
+            remove_path(self.root / dirname)
+            entry = snapshot.write_snapshot(
+                self.root, seq, data, self.text, self._text_base(manifest, folded, rebuilt, data), dirname
+            )
             kill_point("snapshot.before_manifest")
             new_manifest = manifest.with_snapshot(entry, previous=manifest.snapshot if self.keep_previous else None)
             if manifest.hnsw != self.params:

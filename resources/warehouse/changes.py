@@ -7,6 +7,7 @@ Tables: ``<ds>_keys``, ``<ds>_embeddings``, ``<ds>_changes`` and ``<ds>_rebuilds
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import duckdb
@@ -291,9 +292,14 @@ def commit_changes(
     rows: pa.Table,
     vectors: np.ndarray,
     chunks: pa.Table | None = None,
+    on_commit: Callable[[duckdb.DuckDBPyConnection, int | None, int | None], None] | None = None,
 ) -> CommitResult | None:
     """Apply a plan (or a batch of one) and its change records in one DuckDB transaction (I1).
     None if no change.
+
+    ``on_commit(conn, first_seq, last_seq)``, when given, runs inside that transaction after the
+    change records are written, so what it writes commits with them or not at all (the fan-out's
+    ledger of committed parts, ``embed_fanout.commit_parts``).
 
     ``rows``: what ``read_rows`` returned for ``plan.to_embed`` and was embedded; its hashes are
     recorded. ``chunks``: the primary key, ``_chunk``, ``_chunk_start`` and ``_chunk_end`` of every
@@ -387,6 +393,8 @@ def commit_changes(
                 f"CREATE TABLE IF NOT EXISTS {layout.rebuilds} ({SEQ} BIGINT, _at TIMESTAMPTZ, dim INTEGER, model VARCHAR, rows BIGINT)"
             )
             conn.execute(f"INSERT INTO {layout.rebuilds} VALUES (?, now(), ?, ?, ?)", [first, dim, plan.model, upserted])
+        if on_commit is not None:
+            on_commit(conn, first, last)
         for name in ("_incoming", "_chunks", "_served_only", "_deleted"):
             conn.unregister(name)
         conn.execute("DROP TABLE _upserts")

@@ -20,6 +20,9 @@ are bound as parameters):
                      ``dim``, ``model``, ``rows``. A rebuild replaces ``<ds>_embeddings`` and
                      ``<ds>_changes`` in one transaction; seqs keep growing across it, so an index
                      whose log ends before ``_seq`` predates the rebuild (``log_sync.predates_rebuild``)
+    <ds>_staged_commits  the fan-out's ledger (``embed_fanout``): ``plan_id``, ``part``, ``first_seq``,
+                     ``last_seq``, ``_at`` of each staged part committed, written in the part's
+                     transaction, so a part is committed once however often its commit runs
     <ds>_watermark   append mode with a ``time_column``: ``time_column`` (its name) and ``watermark``
                      (the largest value read so far, in the column's own type); the next refresh
                      reads only rows above it

@@ -28,6 +28,7 @@ from quiver.resources.embed_refresh import RefreshResult, refresh_embeddings
 from quiver.resources.embedding import resolve_model_path
 from quiver.resources.embedding.chunking import Chunker, ChunkSettings
 from quiver.resources.index import HnswParams, IndexIdentity, IndexStore
+from quiver.resources.index.remote import RemoteIndexStore
 from quiver.resources.index.text_index import TextConfig
 from quiver.resources.log_sync import sync_log
 from tests.crash.hash_embedder import DIM, MODEL, embed
@@ -58,10 +59,17 @@ def index_root(work: Path) -> Path:
 def store_for(work: Path) -> IndexStore:
     identity = IndexIdentity(dim=DIM, metric="cosine", dtype="f32", model=MODEL)
     # full text over the served name (not the embedded text): a snapshot writes a text index too
-    keep_previous = not (work / NO_FALLBACK_MARKER).exists()
-    return IndexStore(
-        index_root(work), DATASET, identity, PARAMS, PK, keep_previous, text=TextConfig(("name",), ("text",))
-    )
+    settings = {
+        "dataset": DATASET, "identity": identity, "params": PARAMS, "primary_key": PK,
+        "keep_previous": not (work / NO_FALLBACK_MARKER).exists(), "text": TextConfig(("name",), ("text",)),
+    }
+    if (work / REMOTE_MARKER).exists():  # the index published to this bucket URL, index_root its local copy
+        return RemoteIndexStore((work / REMOTE_MARKER).read_text().strip(), index_root(work), **settings)
+    return IndexStore(index_root(work), **settings)
+
+
+# Holds an s3:// URL in a world whose index lives on a bucket (the writers' index_root is its local copy).
+REMOTE_MARKER = "remote-url"
 
 
 # Present in a world prepared with keep_previous=False: every writer process's store keeps no

@@ -84,6 +84,19 @@ def test_schedules_and_sensors_can_be_left_out(tmp_path, sample_table):
         assert defs.resources["index_store"].home == str((tmp_path / "state").resolve())
 
 
+@pytest.mark.parametrize("index_root", ["indexes", "s3://my-bucket/quiver"])
+def test_the_index_root_is_an_attribute(tmp_path, sample_table, monkeypatch, index_root):
+    monkeypatch.delenv("QUIVER_INDEX_ROOT", raising=False)
+    attributes = {"spec": "datasets.yaml", "index_root": index_root}
+    sandbox, folder = user_project(tmp_path, sample_table, attributes)
+    with sandbox.load_component_and_build_defs(defs_path=folder) as (_, defs):
+        expected = index_root if index_root.startswith("s3://") else str(folder / index_root)
+        assert defs.resources["index_store"].index_root == expected  # a directory: relative to the defs.yaml
+        assert defs.resources["search"].index_root == expected
+        where = defs.resources["index_store"].where(DS)
+        assert where == (f"{index_root}/{DS}" if index_root.startswith("s3://") else str(folder / index_root / DS))
+
+
 @pytest.mark.parametrize(
     ("attributes", "error", "message"),
     [

@@ -4,15 +4,12 @@ each operation, conditional writes under a race, and each kind of bad input with
 from __future__ import annotations
 
 import hashlib
-import http.client
-import http.server
 import json
 import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
@@ -31,22 +28,10 @@ from quiver.resources.object_store import (
     StoreUnreachableError,
     open_store,
 )
-from tests.servers import create_bucket, moto_server
+from tests.servers import aws_env, create_bucket, header_stripping_proxy, moto_server
 
 WRITERS = 8
 ROUNDS = 25
-
-
-def aws_env(endpoint: str, **overrides) -> dict[str, str]:
-    env = {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ALLOW_HTTP": "true",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-    }
-    env.update(overrides)
-    return {k: v for k, v in env.items() if v is not None}
 
 
 @pytest.fixture(scope="module")
@@ -249,50 +234,6 @@ def test_plain_http_needs_to_be_asked_for(s3):
         ObjectStoreConfigError, match=rf"s3://idx: the endpoint {s3} is plain HTTP; set AWS_ALLOW_HTTP=true"
     ):
         ObjectStore("s3://idx", aws_env(s3, AWS_ALLOW_HTTP=None))
-
-
-@contextmanager
-def header_stripping_proxy(upstream: str) -> Iterator[str]:
-    """An S3 endpoint that ignores conditional writes: forwards everything to ``upstream`` but drops
-    If-None-Match and If-Match, as stores without conditional-write support behave."""
-    host, port = upstream.removeprefix("http://").split(":")
-
-    class Forward(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def forward(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("if-none-match", "if-match")}
-            conn = http.client.HTTPConnection(host, int(port), timeout=10)
-            try:
-                conn.request(self.command, self.path, body=body, headers=headers)
-                answer = conn.getresponse()
-                payload = answer.read()
-                self.send_response(answer.status)
-                for key, value in answer.getheaders():
-                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(payload)
-            finally:
-                conn.close()
-
-        do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = forward
-
-        def log_message(self, *args) -> None:
-            pass
-
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{proxy.server_address[1]}"
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
-        thread.join(10)
 
 
 def test_a_store_that_ignores_conditional_writes_is_refused(s3):
