@@ -31,7 +31,7 @@ from quiver.resources.index import HnswParams, IdentityMismatchError, IndexIdent
 from quiver.resources.index.manifest import manifest_path
 from quiver.resources.index.store import LogStats
 from quiver.resources.index.text_index import TextConfig
-from quiver.resources.object_store import is_object_store_url
+from quiver.resources.object_store import ObjectStoreError, is_object_store_url
 from quiver.resources.preflight import preflight
 from quiver.resources.search import EmbeddedText, Searcher
 from quiver.resources.spec import DatasetSpec, SpecError
@@ -40,7 +40,7 @@ from quiver.resources.warehouse.writer_lock import writer_lock
 WRITER_POOL = "quiver_duckdb_writer"  # one DuckDB writer at a time (instance limit 1)
 # quiver's own errors about the user's data or settings: each message names the dataset and the fix,
 # so a run shows it as its failure, not as a traceback of quiver's internals.
-USER_ERRORS = (SpecError, warehouse.WarehouseError, ModelNotFoundError, IdentityMismatchError)
+USER_ERRORS = (SpecError, warehouse.WarehouseError, ModelNotFoundError, IdentityMismatchError, ObjectStoreError)
 
 
 def user_errors(body: Callable) -> Callable:

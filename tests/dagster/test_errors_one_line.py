@@ -5,6 +5,7 @@ line as one line and exit code 2 (no stack trace), a Dagster run as its failure 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from quiver.pipelines.definitions import build_resources
 from quiver.resources.spec import load_spec
 from tests.conftest import ROOT, dataset_entry, write_spec
 from tests.engine.test_writer_lock import hold
+from tests.servers import aws_env
 
 DS = "pkgs"
 
@@ -79,6 +81,22 @@ def test_a_dagster_run_fails_with_the_message_as_its_description(project, sample
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     description = failure.step_failure_data.user_failure_data.description
     assert description.startswith("dataset 'pkgs': primary key 'pkg_id' is not unique") and "\n" not in description
+
+
+def test_an_unreachable_bucket_fails_the_refresh_with_one_line_naming_it(project, monkeypatch):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for name, value in aws_env(f"http://127.0.0.1:{port}").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("QUIVER_INDEX_ROOT", "s3://nowhere/quiver")
+    write_spec(project / "datasets.yaml", [dataset_entry(DS, project / "src.parquet")])
+    done = quiver(project, "refresh")
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, done.stderr[-2000:]
+    assert f"s3://nowhere/quiver/{DS}: cannot reach the object store at http://127.0.0.1:{port}" in errors[0], errors[0]
+    assert "AWS_ENDPOINT_URL" in errors[0] and "Traceback" not in done.stderr
 
 
 def test_a_second_writer_of_the_duckdb_file_fails_with_one_line(project, monkeypatch):
