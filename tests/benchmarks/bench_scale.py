@@ -42,7 +42,6 @@ within one run, and run it alone (``flock /tmp/bench.lock make bench-scale``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -55,7 +54,6 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -68,8 +66,8 @@ from quiver.resources.index.commitlog import KEY, LOG_DIR, OP, OP_UPSERT, SEQ, V
 from quiver.resources.index.identity import HnswParams, IndexIdentity
 from quiver.resources.index.snapshot import INDEX_FILE, ROWS_FILE
 from quiver.resources.values import md_table
-from quiver.resources.warehouse.layout import writer_settings
 from quiver.resources.warehouse.writer_memory import REFRESH_MEMORY_LIMIT, MemoryLimit, checkpoint_a_big_wal
+from tests.benchmarks.refresh_memory import writer_connection
 
 DIM = 384
 MODEL = "synthetic-random"  # the model identity hashed into the content hashes; no model runs
@@ -134,14 +132,7 @@ def writer_rates(work: Path, base_rows: int, batches: list[int], repeats: int, s
     database = work / "scale.duckdb"
     rng = np.random.default_rng(seed)
 
-    @contextlib.contextmanager
-    def connect():
-        conn = duckdb.connect(str(database))
-        writer_settings(conn)  # as the Dagster layer's writer connections have them
-        try:
-            yield conn
-        finally:
-            conn.close()
+    connect = partial(writer_connection, database)
 
     identity = IndexIdentity(dim=DIM, metric="cosine", dtype="f32", model=MODEL)
     store = IndexStore(work / "index", "scale", identity, PARAMS, PK)

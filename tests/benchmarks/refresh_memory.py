@@ -21,6 +21,7 @@ import contextlib
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import duckdb
@@ -80,18 +81,22 @@ def build(rows: int, work: Path) -> None:
         )
 
 
+@contextlib.contextmanager
+def writer_connection(database: Path):
+    """A connection to ``database`` as the Dagster layer's writer connections have it, closed after."""
+    conn = duckdb.connect(str(database))
+    writer_settings(conn)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
 def refresh(work: Path) -> None:
     database = work / "memory.duckdb"
     baseline = peak_mib()
 
-    @contextlib.contextmanager
-    def connect():
-        conn = duckdb.connect(str(database))
-        writer_settings(conn)  # as the Dagster layer's writer connections have them
-        try:
-            yield conn
-        finally:
-            conn.close()
+    connect = partial(writer_connection, database)
 
     started = time.perf_counter()
     result = refresh_embeddings(connect, LAYOUT, "stand-in", StandInModel, ChunkSettings())
